@@ -1,0 +1,405 @@
+package measure
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"signet.dev/keys"
+	"signet.dev/tpm2policy"
+)
+
+// PCR is the PCR systemd-stub measures UKI sections into.
+const PCR = 11
+
+// PCRSig is a .pcrsig document: per bank, a list of signed PCR 11 policies.
+// Banks keep the order they were added or parsed in.
+type PCRSig struct {
+	Banks []SigBank
+}
+
+// SigBank is one bank's entries.
+type SigBank struct {
+	Bank    string
+	Entries []SigEntry
+}
+
+// SigEntry is one signed (or, from policy-digest, to-be-signed) policy.
+type SigEntry struct {
+	PCRs []int
+	Pkfp []byte // SHA-256 fingerprint of the public key; nil if unknown
+	Pol  []byte // the 32-byte PolicyPCR digest
+	Sig  []byte // raw signature over Pol with SHA-256; nil before signing
+}
+
+// Add appends e to bank's list, adding the bank at the end if new.
+func (p *PCRSig) Add(bank string, e SigEntry) {
+	for i := range p.Banks {
+		if p.Banks[i].Bank == bank {
+			p.Banks[i].Entries = append(p.Banks[i].Entries, e)
+			return
+		}
+	}
+	p.Banks = append(p.Banks, SigBank{Bank: bank, Entries: []SigEntry{e}})
+}
+
+// Merge appends every entry of q (systemd-measure --append=).
+func (p *PCRSig) Merge(q *PCRSig) {
+	for _, b := range q.Banks {
+		for _, e := range b.Entries {
+			p.Add(b.Bank, e)
+		}
+	}
+}
+
+// Marshal encodes the document in the given style, without a trailing
+// newline (systemd-measure prints one after it; ukify embeds none).
+func (p *PCRSig) Marshal(st Style) []byte {
+	obj := jobject{}
+	for _, b := range p.Banks {
+		arr := jarray{}
+		for _, e := range b.Entries {
+			o := jobject{}
+			pcrs := jarray{}
+			for _, n := range e.PCRs {
+				pcrs = append(pcrs, n)
+			}
+			o = append(o, jkv{"pcrs", pcrs})
+			if e.Pkfp != nil {
+				o = append(o, jkv{"pkfp", hex.EncodeToString(e.Pkfp)})
+			}
+			o = append(o, jkv{"pol", hex.EncodeToString(e.Pol)})
+			if e.Sig != nil {
+				o = append(o, jkv{"sig", base64.StdEncoding.EncodeToString(e.Sig)})
+			}
+			arr = append(arr, o)
+		}
+		obj = append(obj, jkv{b.Bank, arr})
+	}
+	return encode(obj, st)
+}
+
+// ErrMalformed is returned by ParsePCRSig for a document that is not a
+// .pcrsig JSON object.
+var ErrMalformed = errors.New("malformed .pcrsig JSON")
+
+// ParsePCRSig parses a .pcrsig document strictly: an object of known bank
+// names, each an array of objects with pcrs (integers 0-23), optional pkfp
+// (hex), pol (32 bytes hex) and optional sig (base64), nothing else. A
+// trailing NUL and whitespace are accepted.
+func ParsePCRSig(data []byte) (*PCRSig, error) {
+	data = bytes.TrimRight(data, "\x00 \t\r\n")
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, a...))
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, bad("not a JSON object")
+	}
+	p := &PCRSig{}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		name := t.(string)
+		if _, err := ParseBank(name); err != nil || name != stringsToLower(name) {
+			return nil, bad("unknown bank %q", name)
+		}
+		if seen[name] {
+			return nil, bad("bank %q appears twice", name)
+		}
+		seen[name] = true
+		var raw []map[string]json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, bad("bank %q: %v", name, err)
+		}
+		sb := SigBank{Bank: name}
+		for i, m := range raw {
+			e, err := parseEntry(m)
+			if err != nil {
+				return nil, bad("bank %q entry %d: %v", name, i, err)
+			}
+			sb.Entries = append(sb.Entries, e)
+		}
+		p.Banks = append(p.Banks, sb)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, bad("%v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, bad("data after the JSON object")
+	}
+	return p, nil
+}
+
+func stringsToLower(s string) string { return string(bytes.ToLower([]byte(s))) }
+
+func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
+	var e SigEntry
+	for k := range m {
+		switch k {
+		case "pcrs", "pkfp", "pol", "sig":
+		default:
+			return e, fmt.Errorf("unknown field %q", k)
+		}
+	}
+	raw, ok := m["pcrs"]
+	if !ok {
+		return e, errors.New("no pcrs")
+	}
+	if err := json.Unmarshal(raw, &e.PCRs); err != nil || len(e.PCRs) == 0 {
+		return e, errors.New("pcrs is not a list of PCR numbers")
+	}
+	for _, n := range e.PCRs {
+		if n < 0 || n > 23 {
+			return e, fmt.Errorf("PCR %d out of range", n)
+		}
+	}
+	hexField := func(k string, size int) ([]byte, error) {
+		var s string
+		if err := json.Unmarshal(m[k], &s); err != nil {
+			return nil, fmt.Errorf("%s is not a string", k)
+		}
+		b, err := hex.DecodeString(s)
+		if err != nil || len(b) != size {
+			return nil, fmt.Errorf("%s is not %d bytes of hex", k, size)
+		}
+		return b, nil
+	}
+	var err error
+	if _, ok := m["pkfp"]; ok {
+		if e.Pkfp, err = hexField("pkfp", sha256.Size); err != nil {
+			return e, err
+		}
+	}
+	if _, ok := m["pol"]; !ok {
+		return e, errors.New("no pol")
+	}
+	if e.Pol, err = hexField("pol", sha256.Size); err != nil {
+		return e, err
+	}
+	if raw, ok := m["sig"]; ok {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return e, errors.New("sig is not a string")
+		}
+		if e.Sig, err = base64.StdEncoding.DecodeString(s); err != nil || len(e.Sig) == 0 {
+			return e, errors.New("sig is not base64")
+		}
+	}
+	return e, nil
+}
+
+// Fingerprint returns the pkfp of a public key: SHA-256 of OpenSSL's
+// i2d_PublicKey encoding, the PKCS#1 RSAPublicKey DER for RSA and the
+// uncompressed point for EC (not the SubjectPublicKeyInfo).
+func Fingerprint(pub crypto.PublicKey) ([]byte, error) {
+	var der []byte
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		der = x509.MarshalPKCS1PublicKey(k)
+	case *ecdsa.PublicKey:
+		ek, err := k.ECDH()
+		if err != nil {
+			return nil, fmt.Errorf("measure: EC key: %w", err)
+		}
+		der = ek.Bytes()
+	case *ecdh.PublicKey:
+		der = k.Bytes()
+	default:
+		return nil, fmt.Errorf("measure: %s keys cannot sign TPM policies (use RSA or ECDSA)", keys.Describe(pub))
+	}
+	s := sha256.Sum256(der)
+	return s[:], nil
+}
+
+// Entry is one PCR policy to sign: the prepare step's output. Its
+// to-be-signed bytes are Pol and its hash is always SHA-256 (the only hash
+// TPM2_PolicyAuthorize accepts systemd's signatures with, and what systemd
+// 258.10 signs every bank with).
+type Entry struct {
+	Bank  Bank
+	Phase string
+	PCR   []byte // predicted PCR 11 value in Bank
+	Pol   []byte // PolicyPCR digest: the to-be-signed bytes
+	Pkfp  []byte // nil when no public key was given
+}
+
+// Hash is the hash a signer applies to the TBS.
+const Hash = crypto.SHA256
+
+// TBS returns the bytes to sign and the hash to sign them with.
+func (e Entry) TBS() ([]byte, crypto.Hash) { return e.Pol, Hash }
+
+// Pol returns the PolicyPCR digest for a PCR 11 value of bank.
+func Pol(bank Bank, pcr []byte) ([]byte, error) {
+	return tpm2policy.PolicyPCR(crypto.SHA256, nil, bank.Hash, []int{PCR}, [][]byte{pcr})
+}
+
+// Prepare turns predictions into entries, one per bank and phase in the
+// order systemd-measure signs them. pub may be nil (no pkfp).
+func Prepare(r *Result, pub crypto.PublicKey) ([]Entry, error) {
+	var fp []byte
+	if pub != nil {
+		var err error
+		if fp, err = Fingerprint(pub); err != nil {
+			return nil, err
+		}
+	}
+	var out []Entry
+	for _, b := range r.Banks {
+		for _, p := range b.Phases {
+			pol, err := Pol(b.Bank, p.PCR)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Entry{Bank: b.Bank, Phase: p.Phase, PCR: p.PCR, Pol: pol, Pkfp: fp})
+		}
+	}
+	return out, nil
+}
+
+// PolicyDigest returns the document systemd-measure policy-digest prints:
+// the entries without signatures.
+func PolicyDigest(entries []Entry) *PCRSig {
+	p := &PCRSig{}
+	for _, e := range entries {
+		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: e.Pkfp, Pol: e.Pol})
+	}
+	return p
+}
+
+// ErrSignature is returned when a signature does not verify against the
+// public key and the policy digest.
+var ErrSignature = errors.New("PCR policy signature does not verify")
+
+// VerifyEntry checks sig over pol with pub (SHA-256, as signed).
+func VerifyEntry(pub crypto.PublicKey, pol, sig []byte) error {
+	if err := keys.Verify(pub, Hash, pol, sig); err != nil {
+		return ErrSignature
+	}
+	return nil
+}
+
+// Join builds the signed document from entries and their raw signatures
+// (sigs[i] signs entries[i].Pol), verifying every signature against pub
+// first. pub is also what pkfp names, so a key other than the one prepared
+// for is refused.
+func Join(entries []Entry, pub crypto.PublicKey, sigs [][]byte) (*PCRSig, error) {
+	if len(sigs) != len(entries) {
+		return nil, fmt.Errorf("measure: %d signatures for %d policies", len(sigs), len(entries))
+	}
+	fp, err := Fingerprint(pub)
+	if err != nil {
+		return nil, err
+	}
+	p := &PCRSig{}
+	for i, e := range entries {
+		if e.Pkfp != nil && !bytes.Equal(e.Pkfp, fp) {
+			return nil, fmt.Errorf("measure: %s policy for phase %q was prepared for key %x, not %x", e.Bank.Name, PhaseLabel(e.Phase), e.Pkfp, fp)
+		}
+		if err := VerifyEntry(pub, e.Pol, sigs[i]); err != nil {
+			return nil, fmt.Errorf("%s policy %x (phase %q): %w", e.Bank.Name, e.Pol, PhaseLabel(e.Phase), err)
+		}
+		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: fp, Pol: e.Pol, Sig: sigs[i]})
+	}
+	return p, nil
+}
+
+// Sign is the online path: prepare's entries signed by s, joined. It is
+// exactly Join(entries, pub, [keys.Sign(s, SHA256, e.Pol) ...]).
+func Sign(entries []Entry, s crypto.Signer) (*PCRSig, error) {
+	sigs := make([][]byte, len(entries))
+	for i, e := range entries {
+		tbs, h := e.TBS()
+		sig, err := keys.Sign(s, h, tbs)
+		if err != nil {
+			return nil, fmt.Errorf("signing %s policy (phase %q): %w", e.Bank.Name, PhaseLabel(e.Phase), err)
+		}
+		sigs[i] = sig
+	}
+	return Join(entries, s.Public(), sigs)
+}
+
+// FillSignatures is the offline join of a policy-digest document: every
+// entry's sig is looked up by its pol in sigs (keyed by the 32 raw bytes as
+// a string), verified against pub, and pkfp is set to pub's fingerprint.
+// An entry without a signature, or a signature that does not verify, is an
+// error; nothing is changed then.
+func FillSignatures(doc *PCRSig, pub crypto.PublicKey, sigs map[string][]byte) (*PCRSig, error) {
+	fp, err := Fingerprint(pub)
+	if err != nil {
+		return nil, err
+	}
+	out := &PCRSig{}
+	for _, b := range doc.Banks {
+		for _, e := range b.Entries {
+			if e.Pkfp != nil && !bytes.Equal(e.Pkfp, fp) {
+				return nil, fmt.Errorf("%s policy %x names key %x, the public key given is %x", b.Bank, e.Pol, e.Pkfp, fp)
+			}
+			sig, ok := sigs[string(e.Pol)]
+			if !ok {
+				sig = e.Sig
+			}
+			if sig == nil {
+				return nil, fmt.Errorf("%s policy %x: no signature given for it", b.Bank, e.Pol)
+			}
+			if err := VerifyEntry(pub, e.Pol, sig); err != nil {
+				return nil, fmt.Errorf("%s policy %x: %w", b.Bank, e.Pol, err)
+			}
+			out.Add(b.Bank, SigEntry{PCRs: e.PCRs, Pkfp: fp, Pol: e.Pol, Sig: sig})
+		}
+	}
+	return out, nil
+}
+
+// MarshalResult encodes predictions as systemd-measure calculate --json
+// does: per bank a list of {"phase","pcr","hash"}, phase omitted for the
+// empty path.
+func MarshalResult(r *Result, st Style) []byte {
+	obj := jobject{}
+	for _, b := range r.Banks {
+		arr := jarray{}
+		for _, p := range b.Phases {
+			o := jobject{}
+			if p.Phase != "" {
+				o = append(o, jkv{"phase", p.Phase})
+			}
+			o = append(o, jkv{"pcr", PCR}, jkv{"hash", hex.EncodeToString(p.PCR)})
+			arr = append(arr, o)
+		}
+		obj = append(obj, jkv{b.Bank.Name, arr})
+	}
+	return encode(obj, st)
+}
+
+// WriteText writes predictions as systemd-measure calculate's text output:
+// per phase a "# PCR[11] Phase <path>" label to labels (stderr) and one
+// "11:<bank>=<hex>" line per bank to w (stdout).
+func WriteText(w, labels io.Writer, r *Result) error {
+	if len(r.Banks) == 0 {
+		return nil
+	}
+	for i := range r.Banks[0].Phases {
+		fmt.Fprintf(labels, "# PCR[%d] Phase <%s>\n", PCR, PhaseLabel(r.Banks[0].Phases[i].Phase))
+		for _, b := range r.Banks {
+			if _, err := fmt.Fprintf(w, "%d:%s=%x\n", PCR, b.Bank.Name, b.Phases[i].PCR); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
