@@ -1,0 +1,216 @@
+// Package check verifies that a signing request item is what its kind says
+// it is, before anything signs it. A signer (signet request sign, the signing
+// service) must never sign bytes it cannot account for: each kind's TBS is
+// recomputed or parsed from the item's context, and anything else is refused
+// with the reason.
+//
+//   - authenticode: the TBS is a DER SET OF Authenticode signed attributes
+//     with content type SpcIndirectDataContent, whose messageDigest is the
+//     digest of the context's SpcIndirectDataContent, which in turn carries
+//     the context's PE image digest.
+//   - pcr-policy: the TBS is the 32-byte TPM2 PolicyPCR digest of PCR 11,
+//     recomputed from the context's section digests, phase and bank.
+//   - verity-roothash: the TBS is exactly the context's root hash, as
+//     lowercase hex without a newline.
+//   - manifest-pkcs7: the TBS is a SHA256SUMS file listing exactly the
+//     context's entries.
+//   - manifest-openpgp: the TBS is such a SHA256SUMS file followed by an
+//     OpenPGP v4 binary-document signature trailer for the item's hash.
+//   - ipe-policy: the TBS is an IPE policy whose header names the context's
+//     policy name and version.
+package check
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"signet.dev/request"
+)
+
+// ErrRefused wraps every reason an item is refused.
+var ErrRefused = errors.New("refused")
+
+func refuse(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
+}
+
+// Item checks one item's TBS against its kind and context. The item must
+// have passed Item.Validate (Request.Validate does that for each item).
+func Item(it *request.Item) error {
+	if err := it.Validate(); err != nil {
+		return err
+	}
+	switch it.Kind {
+	case request.KindAuthenticode:
+		return Authenticode(it)
+	case request.KindPCRPolicy:
+		return PCRPolicy(it)
+	case request.KindVerityRootHash:
+		return VerityRootHash(it)
+	case request.KindManifestPKCS7, request.KindManifestOpenPGP:
+		return Manifest(it)
+	case request.KindIPEPolicy:
+		return IPEPolicy(it)
+	}
+	return refuse("kind %q is not known", it.Kind)
+}
+
+// Request checks every item of r, returning the first refusal.
+func Request(r *request.Request) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	for i := range r.Items {
+		if err := Item(&r.Items[i]); err != nil {
+			return fmt.Errorf("item %q: %w", r.Items[i].ID, err)
+		}
+	}
+	return nil
+}
+
+// VerityRootHash checks that the TBS is exactly the lowercase hex root hash
+// of the context (what the kernel and veritysetup verify: no newline, no
+// NUL).
+func VerityRootHash(it *request.Item) error {
+	rh := it.Verity.RootHash
+	switch len(rh) {
+	case 64, 96, 128:
+	default:
+		return refuse("verity root hash %q: want 64, 96 or 128 hex digits", rh)
+	}
+	if _, err := hex.DecodeString(rh); err != nil || bytes.ContainsAny([]byte(rh), "ABCDEF") {
+		return refuse("verity root hash %q: not lowercase hex", rh)
+	}
+	if !bytes.Equal(it.TBS, []byte(rh)) {
+		return refuse("tbs is not the root hash %s as lowercase hex without newline", rh)
+	}
+	return nil
+}
+
+// TPM constants of TPM2_PolicyPCR (TPM 2.0 Part 2).
+const (
+	tpmCCPolicyPCR = 0x0000017F
+	tpmAlgSHA1     = 0x0004
+	tpmAlgSHA256   = 0x000B
+	tpmAlgSHA384   = 0x000C
+	tpmAlgSHA512   = 0x000D
+)
+
+// canonical is systemd's UnifiedSection order (src/fundamental/uki.h): the
+// order the stub measures sections in. .pcrsig is never measured.
+var canonical = []string{".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrsig", ".pcrpkey", ".profile", ".dtbauto", ".hwids", ".efifw"}
+
+func bankHash(bank string) (crypto.Hash, uint16) {
+	switch bank {
+	case "sha1":
+		return crypto.SHA1, tpmAlgSHA1
+	case "sha256":
+		return crypto.SHA256, tpmAlgSHA256
+	case "sha384":
+		return crypto.SHA384, tpmAlgSHA384
+	case "sha512":
+		return crypto.SHA512, tpmAlgSHA512
+	}
+	return 0, 0
+}
+
+// PCR11 recomputes systemd-measure's PCR 11 prediction: from zero, extend
+// H(name NUL) and the section digest for each section, then H(word) for
+// each word of the phase path.
+func PCR11(c *request.PCRContext) ([]byte, error) {
+	h, _ := bankHash(c.Bank)
+	if h == 0 {
+		return nil, refuse("PCR bank %q is not known", c.Bank)
+	}
+	pcr := make([]byte, h.Size())
+	extend := func(d []byte) {
+		x := h.New()
+		x.Write(pcr)
+		x.Write(d)
+		pcr = x.Sum(nil)
+	}
+	digest := func(b []byte) []byte {
+		x := h.New()
+		x.Write(b)
+		return x.Sum(nil)
+	}
+	last := -1
+	for _, s := range c.Sections {
+		pos := -1
+		for i, n := range canonical {
+			if n == s.Name {
+				pos = i
+			}
+		}
+		if pos < 0 || s.Name == ".pcrsig" {
+			return nil, refuse("section %s is not measured into PCR 11", s.Name)
+		}
+		if pos <= last {
+			return nil, refuse("section %s is out of the stub's measurement order", s.Name)
+		}
+		last = pos
+		d, err := hex.DecodeString(s.Digest)
+		if err != nil || len(d) != h.Size() {
+			return nil, refuse("section %s: digest is not a %s digest", s.Name, c.Bank)
+		}
+		extend(digest(append([]byte(s.Name), 0)))
+		extend(d)
+	}
+	for _, w := range bytes.Split([]byte(c.Phase), []byte(":")) {
+		if len(w) > 0 {
+			extend(digest(w))
+		}
+	}
+	return pcr, nil
+}
+
+// PolicyPCR returns the TPM2 PolicyPCR digest (SHA-256 policy session, from
+// an empty policy) selecting PCR 11 of bank with the given value: the `pol`
+// systemd-measure signs.
+func PolicyPCR(bank string, pcr []byte) ([]byte, error) {
+	_, alg := bankHash(bank)
+	if alg == 0 {
+		return nil, refuse("PCR bank %q is not known", bank)
+	}
+	pcrDigest := sha256.Sum256(pcr)
+	var buf []byte
+	buf = append(buf, make([]byte, 32)...)
+	buf = binary.BigEndian.AppendUint32(buf, tpmCCPolicyPCR)
+	buf = binary.BigEndian.AppendUint32(buf, 1) // TPML_PCR_SELECTION.count
+	buf = binary.BigEndian.AppendUint16(buf, alg)
+	buf = append(buf, 3, 0x00, 0x08, 0x00) // sizeofSelect, PCR 11
+	buf = append(buf, pcrDigest[:]...)
+	pol := sha256.Sum256(buf)
+	return pol[:], nil
+}
+
+// PCRPolicy checks that the context's sections and phase give its PCR value
+// and that the TBS is that value's PolicyPCR digest. systemd 258 signs every
+// bank's pol with SHA-256 (the only variant a TPM's PolicyAuthorize
+// accepts), so the item's hash must be sha256.
+func PCRPolicy(it *request.Item) error {
+	c := it.PCR
+	pcr, err := PCR11(c)
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(pcr); got != c.PCR {
+		return refuse("PCR 11 recomputed from the sections and phase %q is %s, not the context's %s", c.Phase, got, c.PCR)
+	}
+	pol, err := PolicyPCR(c.Bank, pcr)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(it.TBS, pol) {
+		return refuse("tbs is not the PolicyPCR digest %x of PCR 11 = %s", pol, c.PCR)
+	}
+	if it.Hash != "sha256" {
+		return refuse("a PCR policy is signed with sha256, not %s", it.Hash)
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package request
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"signet.dev/keys"
+)
+
+// Key is a signing key a local signer holds under a name.
+type Key struct {
+	Signer      crypto.Signer
+	Certificate *x509.Certificate
+	Chain       []*x509.Certificate
+}
+
+// CheckFunc checks an item's content before it is signed; package
+// signet.dev/request/check provides check.Item.
+type CheckFunc func(*Item) error
+
+// Sign answers every item of r with the key of its name: it runs check on
+// the item (refusing the whole request on the first failure, so nothing is
+// signed that a check refuses), signs the TBS with keys.Sign, and verifies
+// the result before returning the response.
+func Sign(r *Request, named map[string]Key, check CheckFunc) (*Response, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	for i := range r.Items {
+		it := &r.Items[i]
+		if _, ok := named[it.Key]; !ok {
+			return nil, fmt.Errorf("item %q: no key named %q given", it.ID, it.Key)
+		}
+		if check == nil {
+			return nil, errors.New("request.Sign: no check function")
+		}
+		if err := check(it); err != nil {
+			return nil, fmt.Errorf("item %q refused: %w", it.ID, err)
+		}
+	}
+	resp := &Response{Format: FormatResponse, Request: r.DigestString(), Items: []Signature{}}
+	for i := range r.Items {
+		it := &r.Items[i]
+		k := named[it.Key]
+		if k.Signer == nil || k.Certificate == nil {
+			return nil, fmt.Errorf("key %q: needs a signer and a certificate", it.Key)
+		}
+		sig, err := keys.Sign(k.Signer, it.CryptoHash(), it.TBS)
+		if err != nil {
+			return nil, fmt.Errorf("item %q: signing with key %q: %w", it.ID, it.Key, err)
+		}
+		if err := keys.Verify(k.Certificate.PublicKey, it.CryptoHash(), it.TBS, sig); err != nil {
+			return nil, fmt.Errorf("item %q: key %q made a signature its certificate does not verify: %w", it.ID, it.Key, err)
+		}
+		s := Signature{ID: it.ID, Signature: sig, Certificate: k.Certificate.Raw}
+		for _, c := range k.Chain {
+			s.Chain = append(s.Chain, c.Raw)
+		}
+		resp.Items = append(resp.Items, s)
+	}
+	return resp, nil
+}
+
+// Verified is a response item checked against its request item.
+type Verified struct {
+	Item        *Item
+	Signature   []byte
+	Certificate *x509.Certificate
+	Chain       []*x509.Certificate
+}
+
+// Verify checks resp against r: it must name r's digest, answer every item
+// exactly once and nothing else, and each signature must verify over the
+// item's TBS with the item's hash and the certificate's key. If expect has
+// a certificate for an item's key name, the response's certificate must
+// carry the same public key. The result is indexed by item id.
+func Verify(r *Request, resp *Response, expect map[string]*x509.Certificate) (map[string]*Verified, error) {
+	if err := resp.Validate(); err != nil {
+		return nil, err
+	}
+	if want := r.DigestString(); resp.Request != want {
+		return nil, fmt.Errorf("response names request %s, not %s: %w", resp.Request, want, ErrWrongRequest)
+	}
+	out := map[string]*Verified{}
+	for _, s := range resp.Items {
+		if r.Item(s.ID) == nil {
+			return nil, fmt.Errorf("response item %q: %w", s.ID, invalid("the request has no such item"))
+		}
+	}
+	for i := range r.Items {
+		it := &r.Items[i]
+		s := resp.Signature(it.ID)
+		if s == nil {
+			return nil, fmt.Errorf("item %q: %w", it.ID, ErrMissing)
+		}
+		cert, err := x509.ParseCertificate(s.Certificate)
+		if err != nil {
+			return nil, fmt.Errorf("item %q: certificate: %w", it.ID, err)
+		}
+		v := &Verified{Item: it, Signature: s.Signature, Certificate: cert}
+		for j, der := range s.Chain {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return nil, fmt.Errorf("item %q: chain certificate %d: %w", it.ID, j, err)
+			}
+			v.Chain = append(v.Chain, c)
+		}
+		if want := expect[it.Key]; want != nil && !keys.SamePublicKey(want.PublicKey, cert.PublicKey) {
+			return nil, fmt.Errorf("item %q: signed by %q, which is not key %q's certificate", it.ID, cert.Subject, it.Key)
+		}
+		if err := keys.Verify(cert.PublicKey, it.CryptoHash(), it.TBS, s.Signature); err != nil {
+			return nil, fmt.Errorf("item %q: %w (key %q, certificate %q)", it.ID, ErrBadSignature, it.Key, cert.Subject)
+		}
+		out[it.ID] = v
+	}
+	return out, nil
+}
