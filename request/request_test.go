@@ -82,23 +82,25 @@ func TestStrict(t *testing.T) {
 		edit func(string) string
 		want error
 	}{
-		"unknown field":   {func(s string) string { return strings.Replace(s, `"build"`, `"bulid"`, 1) }, ErrInvalid},
-		"format":          {func(s string) string { return strings.Replace(s, "signet.request/v1", "signet.request/v2", 1) }, ErrFormat},
-		"trailing":        {func(s string) string { return s + "{}" }, ErrInvalid},
-		"bad base64":      {func(s string) string { return strings.Replace(s, `"tbs": "MQA="`, `"tbs": "MQA"`, 1) }, ErrInvalid},
-		"duplicate id":    {func(s string) string { return strings.Replace(s, "ipe/policy", "ukis/uki.efi", 1) }, ErrInvalid},
-		"dotdot id":       {func(s string) string { return strings.Replace(s, "ipe/policy", "../policy", 1) }, ErrInvalid},
-		"absolute id":     {func(s string) string { return strings.Replace(s, "ipe/policy", "/policy", 1) }, ErrInvalid},
-		"sig id":          {func(s string) string { return strings.Replace(s, "ipe/policy", "ipe/policy.sig", 1) }, ErrInvalid},
-		"kind":            {func(s string) string { return strings.Replace(s, `"ipe-policy"`, `"ipe"`, 1) }, ErrInvalid},
-		"wrong context":   {func(s string) string { return strings.Replace(s, `"kind": "ipe-policy"`, `"kind": "verity-roothash"`, 1) }, ErrInvalid},
-		"hash":            {func(s string) string { return strings.Replace(s, `"sha512"`, `"sha1"`, 1) }, ErrInvalid},
-		"upper hex":       {func(s string) string { return strings.Replace(s, hexOf(1, 32), strings.ToUpper(hexOf(10, 32)), 1) }, ErrInvalid},
-		"bank":            {func(s string) string { return strings.Replace(s, `"bank": "sha256"`, `"bank": "sm3"`, 1) }, ErrInvalid},
-		"empty key":       {func(s string) string { return strings.Replace(s, `"key": "db"`, `"key": ""`, 1) }, ErrInvalid},
-		"negative round":  {func(s string) string { return strings.Replace(s, `"round": 1`, `"round": -1`, 1) }, ErrInvalid},
-		"not json":        {func(s string) string { return "SHA256SUMS" }, ErrInvalid},
-		"ipe no version":  {func(s string) string { return strings.Replace(s, `"version": "0.0.1"`, `"version": ""`, 1) }, ErrInvalid},
+		"unknown field": {func(s string) string { return strings.Replace(s, `"build"`, `"bulid"`, 1) }, ErrInvalid},
+		"format":        {func(s string) string { return strings.Replace(s, "signet.request/v1", "signet.request/v2", 1) }, ErrFormat},
+		"trailing":      {func(s string) string { return s + "{}" }, ErrInvalid},
+		"bad base64":    {func(s string) string { return strings.Replace(s, `"tbs": "MQA="`, `"tbs": "MQA"`, 1) }, ErrInvalid},
+		"duplicate id":  {func(s string) string { return strings.Replace(s, "ipe/policy", "ukis/uki.efi", 1) }, ErrInvalid},
+		"dotdot id":     {func(s string) string { return strings.Replace(s, "ipe/policy", "../policy", 1) }, ErrInvalid},
+		"absolute id":   {func(s string) string { return strings.Replace(s, "ipe/policy", "/policy", 1) }, ErrInvalid},
+		"sig id":        {func(s string) string { return strings.Replace(s, "ipe/policy", "ipe/policy.sig", 1) }, ErrInvalid},
+		"kind":          {func(s string) string { return strings.Replace(s, `"ipe-policy"`, `"ipe"`, 1) }, ErrInvalid},
+		"wrong context": {func(s string) string {
+			return strings.Replace(s, `"kind": "ipe-policy"`, `"kind": "verity-roothash"`, 1)
+		}, ErrInvalid},
+		"hash":           {func(s string) string { return strings.Replace(s, `"sha512"`, `"sha1"`, 1) }, ErrInvalid},
+		"upper hex":      {func(s string) string { return strings.Replace(s, hexOf(1, 32), strings.ToUpper(hexOf(10, 32)), 1) }, ErrInvalid},
+		"bank":           {func(s string) string { return strings.Replace(s, `"bank": "sha256"`, `"bank": "sm3"`, 1) }, ErrInvalid},
+		"empty key":      {func(s string) string { return strings.Replace(s, `"key": "db"`, `"key": ""`, 1) }, ErrInvalid},
+		"negative round": {func(s string) string { return strings.Replace(s, `"round": 1`, `"round": -1`, 1) }, ErrInvalid},
+		"not json":       {func(s string) string { return "SHA256SUMS" }, ErrInvalid},
+		"ipe no version": {func(s string) string { return strings.Replace(s, `"version": "0.0.1"`, `"version": ""`, 1) }, ErrInvalid},
 	}
 	for name, c := range cases {
 		bad := c.edit(string(good))

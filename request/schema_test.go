@@ -179,10 +179,12 @@ func TestSchemas(t *testing.T) {
 		"unknown field": func(s string) string { return strings.Replace(s, `"build"`, `"bulid"`, 1) },
 		"format":        func(s string) string { return strings.Replace(s, "request/v1", "request/v2", 1) },
 		"kind":          func(s string) string { return strings.Replace(s, `"ipe-policy"`, `"ipe"`, 1) },
-		"wrong context": func(s string) string { return strings.Replace(s, `"kind": "ipe-policy"`, `"kind": "verity-roothash"`, 1) },
-		"hash":          func(s string) string { return strings.Replace(s, `"sha512"`, `"sha1"`, 1) },
-		"bank":          func(s string) string { return strings.Replace(s, `"bank": "sha256"`, `"bank": "sm3"`, 1) },
-		"upper hex":     func(s string) string { return strings.Replace(s, hexOf(5, 32), strings.ToUpper(hexOf(10, 32)), 1) },
+		"wrong context": func(s string) string {
+			return strings.Replace(s, `"kind": "ipe-policy"`, `"kind": "verity-roothash"`, 1)
+		},
+		"hash":      func(s string) string { return strings.Replace(s, `"sha512"`, `"sha1"`, 1) },
+		"bank":      func(s string) string { return strings.Replace(s, `"bank": "sha256"`, `"bank": "sm3"`, 1) },
+		"upper hex": func(s string) string { return strings.Replace(s, hexOf(5, 32), strings.ToUpper(hexOf(10, 32)), 1) },
 	} {
 		bad := edit(string(data))
 		if err := reqSchema.validate(t, []byte(bad)); err == nil {
