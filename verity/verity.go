@@ -408,3 +408,25 @@ func hashLevel(src io.ReaderAt, srcOff, srcBS, srcBlocks int64, dst ReadWriterAt
 	wg.Wait()
 	return firstErr
 }
+
+// RootFromTree computes the root hash of a hash device with a superblock
+// from its top hash block alone (no data is read). It proves only that the
+// top block and the root hash agree.
+func RootFromTree(hash io.ReaderAt, sb *Superblock) ([]byte, error) {
+	p, h, err := sb.Params().withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	l, err := layout(sb.DataSize(), p, h)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.Levels) == 0 {
+		return nil, fmt.Errorf("%w: the tree of a one-block device is the data block itself", ErrBadParams)
+	}
+	top := make([]byte, p.HashBlockSize)
+	if _, err := hash.ReadAt(top, l.TreeOffset+l.Levels[len(l.Levels)-1].Block*int64(p.HashBlockSize)); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrHashTooSmall, err)
+	}
+	return digest(h, p.Salt, top), nil
+}
