@@ -1,0 +1,326 @@
+package uki
+
+import (
+	"bytes"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"signet.dev/measure"
+)
+
+// sectionOrder is where ukify puts each section it adds. .profile and
+// .pcrsig follow, then .linux, which goes last to leave the kernel room to
+// decompress in place.
+var sectionOrder = []string{".osrel", ".cmdline", ".dtb", ".dtbauto", ".hwids", ".uname", ".splash", ".pcrpkey", ".initrd", ".ucode", ".efifw", ".sbat"}
+
+// ProfileSections are the sections a joined profile PE may contribute
+// (ukify --join-profile).
+var ProfileSections = []string{".linux", ".osrel", ".cmdline", ".initrd", ".efifw", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".profile"}
+
+// Plan is a UKI about to be assembled: the stub, the sections to add and
+// the profiles to join. Its PCR 11 predictions are known before anything is
+// written, so the .pcrsig sections can be prepared, signed and joined.
+type Plan struct {
+	stub     *File
+	release  Release
+	replace  []Part // sections replacing the stub's own (.sbat)
+	base     []Part // in output order, .linux last
+	profiles [][]Part
+	// Timestamp is written as the COFF TimeDateStamp.
+	Timestamp uint32
+}
+
+// NewPlan checks the stub and orders the sections. parts are the main
+// UKI's sections (at most one each; .linux required); profiles are the
+// sections of each additional profile, each with exactly one .profile. A
+// main .profile, if given, makes the main UKI profile 0.
+func NewPlan(stub *File, parts []Part, profiles [][]Part) (*Plan, error) {
+	rel, err := stub.StubRelease()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := MeasuredSections(rel.Major); err != nil {
+		return nil, err
+	}
+	if stub.Signed() {
+		return nil, errors.New("stub is Secure Boot signed; add sections to an unsigned stub and sign the UKI")
+	}
+	p := &Plan{stub: stub, release: rel, Timestamp: stub.TimeDateStamp}
+	byName := map[string]Part{}
+	for _, s := range parts {
+		if _, dup := byName[s.Name]; dup {
+			return nil, fmt.Errorf("section %s given twice", s.Name)
+		}
+		if s.Name == ".pcrsig" {
+			return nil, errors.New(".pcrsig is made from the PCR signatures, not given")
+		}
+		if s.Size == 0 {
+			return nil, fmt.Errorf("section %s is empty", s.Name)
+		}
+		byName[s.Name] = s
+	}
+	linux, ok := byName[".linux"]
+	if !ok {
+		return nil, errors.New("no .linux section: a UKI needs a kernel")
+	}
+	for _, n := range sectionOrder {
+		s, ok := byName[n]
+		if !ok {
+			continue
+		}
+		if stub.Section(n) != nil {
+			p.replace = append(p.replace, s)
+		} else {
+			p.base = append(p.base, s)
+		}
+		delete(byName, n)
+	}
+	delete(byName, ".linux")
+	prof, hasProfile := byName[".profile"]
+	delete(byName, ".profile")
+	for n := range byName {
+		return nil, fmt.Errorf("section %s: not a UKI section signet places", n)
+	}
+	if hasProfile || len(profiles) > 0 {
+		// The base ends before the first .profile, so the kernel, shared
+		// by every profile, goes before it.
+		p.base = append(p.base, linux)
+		if hasProfile {
+			p.profiles = append(p.profiles, []Part{prof})
+		}
+	} else {
+		p.base = append(p.base, linux)
+	}
+	for i, ps := range profiles {
+		n := 0
+		seen := map[string]bool{}
+		var ordered []Part
+		for _, s := range ps {
+			if !contains2(ProfileSections, s.Name) {
+				return nil, fmt.Errorf("profile %d: section %s cannot be part of a profile", i, s.Name)
+			}
+			if seen[s.Name] {
+				return nil, fmt.Errorf("profile %d: section %s twice", i, s.Name)
+			}
+			seen[s.Name] = true
+			if s.Name == ".profile" {
+				n++
+				ordered = append([]Part{s}, ordered...)
+			} else {
+				ordered = append(ordered, s)
+			}
+		}
+		if n != 1 {
+			return nil, fmt.Errorf("profile %d has %d .profile sections, want 1", i, n)
+		}
+		p.profiles = append(p.profiles, ordered)
+	}
+	return p, nil
+}
+
+func contains2(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Release is the stub's release.
+func (p *Plan) Release() Release { return p.release }
+
+// Contexts is the number of .pcrsig sections the UKI gets: one per profile,
+// or one for a UKI without profiles.
+func (p *Plan) Contexts() int {
+	if len(p.profiles) == 0 {
+		return 1
+	}
+	return len(p.profiles)
+}
+
+// effective returns the named sections of the whole image (without
+// .pcrsig), in output order, as the stub will see them.
+func (p *Plan) effective() []*Named {
+	var out []*Named
+	for _, s := range p.stub.Sections {
+		n := &Named{Name: s.Name, R: s.Open(), Size: s.Size()}
+		for _, r := range p.replace {
+			if r.Name == s.Name {
+				n = &Named{Name: r.Name, R: r.R, Size: r.Size}
+			}
+		}
+		out = append(out, n)
+	}
+	for _, s := range p.base {
+		out = append(out, &Named{Name: s.Name, R: s.R, Size: s.Size})
+	}
+	for _, ps := range p.profiles {
+		for _, s := range ps {
+			out = append(out, &Named{Name: s.Name, R: s.R, Size: s.Size})
+		}
+	}
+	return out
+}
+
+// Predict returns PCR 11 per context (profile), predicting what this
+// stub's release measures.
+func (p *Plan) Predict(phases []string, banks []measure.Bank) ([]*measure.Result, error) {
+	var out []*measure.Result
+	for _, prof := range Profiles(p.effective()) {
+		ins, _, err := MeasuredInputs(prof.Sections, p.release.Major)
+		if err != nil {
+			return nil, err
+		}
+		r, err := measure.Calculate(ins, phases, banks)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Prepare returns the PCR policies to sign, per context.
+func (p *Plan) Prepare(phases []string, banks []measure.Bank, pub crypto.PublicKey) ([][]measure.Entry, error) {
+	res, err := p.Predict(phases, banks)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]measure.Entry, len(res))
+	for i, r := range res {
+		if out[i], err = measure.Prepare(r, pub); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// WriteTo writes the UKI with pcrsigs[i] as context i's .pcrsig section
+// (ukify's JSON formatting, no trailing NUL); pcrsigs may be nil for a UKI
+// without PCR signatures.
+func (p *Plan) WriteTo(w io.Writer, pcrsigs []*measure.PCRSig) (int64, error) {
+	if pcrsigs != nil && len(pcrsigs) != p.Contexts() {
+		return 0, fmt.Errorf("%d .pcrsig documents for %d profiles", len(pcrsigs), p.Contexts())
+	}
+	sig := func(i int) []Part {
+		if pcrsigs == nil || pcrsigs[i] == nil {
+			return nil
+		}
+		return []Part{BytesPart(".pcrsig", pcrsigs[i].Marshal(measure.Python))}
+	}
+	im := newImage(p.stub, len(p.stub.Sections))
+	im.timestamp = p.Timestamp
+	for _, r := range p.replace {
+		if err := im.replaceInPlace(r); err != nil {
+			return 0, err
+		}
+	}
+	var parts []Part
+	if len(p.profiles) == 0 {
+		parts = append(parts, p.base[:len(p.base)-1]...)
+		parts = append(parts, sig(0)...)
+		parts = append(parts, p.base[len(p.base)-1])
+	} else {
+		parts = append(parts, p.base...)
+		for i, ps := range p.profiles {
+			parts = append(parts, ps...)
+			parts = append(parts, sig(i)...)
+		}
+	}
+	for _, s := range parts {
+		if err := im.add(s); err != nil {
+			return 0, err
+		}
+	}
+	return im.WriteTo(w)
+}
+
+// MergeSBAT merges SBAT CSV texts like ukify: one "sbat,1,..." header, then
+// every other distinct line in order of appearance, newline-terminated,
+// with the NUL ukify appends.
+func MergeSBAT(texts ...[]byte) []byte {
+	var b bytes.Buffer
+	b.WriteString("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n")
+	seen := map[string]bool{}
+	for _, t := range texts {
+		for _, l := range strings.Split(strings.TrimRight(string(t), "\x00"), "\n") {
+			l = strings.TrimRight(l, "\r")
+			if l == "" || strings.HasPrefix(l, "sbat,") || seen[l] {
+				continue
+			}
+			seen[l] = true
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteByte(0)
+	return b.Bytes()
+}
+
+// Concat returns a Part reading the given inputs one after the other, each
+// zero-padded to a multiple of 4 bytes: how ukify joins several initrds
+// into one .initrd (the kernel unpacks concatenated cpio archives).
+func Concat(name string, inputs []Part) Part {
+	if len(inputs) == 1 {
+		p := inputs[0]
+		p.Name = name
+		return p
+	}
+	c := &concat{}
+	for _, in := range inputs {
+		c.parts = append(c.parts, in)
+		c.offs = append(c.offs, c.size)
+		c.size += alignUp(in.Size, 4)
+	}
+	return Part{Name: name, R: c, Size: c.size}
+}
+
+type concat struct {
+	parts []Part
+	offs  []int64
+	size  int64
+}
+
+func (c *concat) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for i, part := range c.parts {
+		if len(p) == 0 {
+			break
+		}
+		start, end := c.offs[i], c.offs[i]+alignUp(part.Size, 4)
+		if off+int64(n) >= end || off+int64(n) < start {
+			continue
+		}
+		rel := off + int64(n) - start
+		for rel < end-start && len(p) > 0 {
+			var k int
+			if rel < part.Size {
+				m := min(int64(len(p)), part.Size-rel)
+				var err error
+				k, err = part.R.ReadAt(p[:m], rel)
+				if int64(k) < m {
+					if err == nil || err == io.EOF {
+						err = io.ErrUnexpectedEOF
+					}
+					return n + k, err
+				}
+			} else {
+				m := min(int64(len(p)), end-start-rel)
+				for j := int64(0); j < m; j++ {
+					p[j] = 0
+				}
+				k = int(m)
+			}
+			n += k
+			rel += int64(k)
+			p = p[k:]
+		}
+	}
+	if len(p) > 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
