@@ -85,9 +85,9 @@ func splitList(v string) []string {
 func newUKIBuildCmd() *cobra.Command {
 	var (
 		stub, linux, cmdline, osrel, uname, splash, dtb, sbat, profile, output string
-		initrds, joinProfiles                                             []string
-		pcrKey, pcrKeySource, pcrPub, pcrCert, phases, banks              string
-		policyDigest                                                      bool
+		initrds, joinProfiles                                                  []string
+		pcrKey, pcrKeySource, pcrPub, pcrCert, phases, banks                   string
+		policyDigest                                                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build --stub=STUB --linux=KERNEL [--initrd=F]... [--cmdline=TEXT|@F] [--os-release=TEXT|@F] [--pcr-private-key=KEY --pcr-public-key=PEM] --output=UKI",
