@@ -39,7 +39,7 @@ var (
 	ErrImageChanged = errors.New("signed attributes are for a different image (messageDigest does not match the image's Authenticode digest)")
 	// ErrBadSignature: the signature does not verify against the
 	// certificate over the signed attributes.
-	ErrBadSignature = errors.New("signature does not verify against the certificate over the signed attributes")
+	ErrBadSignature = errors.New("signature does not verify")
 )
 
 // obsolete is the SpcString every signer puts in SpcPeImageData.file:
@@ -248,7 +248,7 @@ func assemble(signedAttrs, digest []byte, cert *x509.Certificate, sig []byte) ([
 		return nil, ErrImageChanged
 	}
 	if err := keys.Verify(cert.PublicKey, Hash, signedAttrs, sig); err != nil {
-		return nil, fmt.Errorf("%w %q: %v", ErrBadSignature, cert.Subject.String(), err)
+		return nil, fmt.Errorf("%w with certificate %q over the signed attributes", ErrBadSignature, cert.Subject.String())
 	}
 	si, err := cms.NewSignerInfo(cert, Hash)
 	if err != nil {
@@ -283,7 +283,7 @@ func Join(f *File, signedAttrs []byte, cert *x509.Certificate, sig []byte, w io.
 	// Check the signature before any I/O: a wrong signature is the common
 	// offline mistake.
 	if err := keys.Verify(cert.PublicKey, Hash, signedAttrs, sig); err != nil {
-		return fmt.Errorf("%w %q: %v", ErrBadSignature, cert.Subject.String(), err)
+		return fmt.Errorf("%w with certificate %q over the signed attributes", ErrBadSignature, cert.Subject.String())
 	}
 	return f.emit(w, func(digest []byte) ([]byte, error) {
 		return assemble(signedAttrs, digest, cert, sig)
