@@ -19,7 +19,8 @@ import (
 // and filled with the payload whose root hash is that of its verity pair.
 //
 // Unlike systemd-repart 258, a payload for a root hash the image does not
-// have is an error, and every payload is verified (signature over the hex
+// have is an error (a signature partition without a payload stays
+// deferred for a later Join), and every payload is verified (signature over the hex
 // root hash) before anything is written. The image is replaced atomically:
 // on any error it is left as it was.
 func Join(path string, defs []*Definition, cert *x509.Certificate, sigs []*verity.SignaturePayload, o Options) (*Report, error) {
@@ -94,9 +95,8 @@ func Join(path string, defs []*Definition, cert *x509.Certificate, sigs []*verit
 				payloads[p], used[i] = s, true
 			}
 		}
-		if payloads[p] == nil {
-			return nil, fmt.Errorf("%w: %s: no signature given for root hash %x", ErrJoin, p.def.File, p.rootHash)
-		}
+		// Without a signature it stays deferred, for a later join.
+		p.deferred = payloads[p] == nil
 		count := uint64(0)
 		for _, q := range parts {
 			if q == p {
@@ -160,6 +160,9 @@ func Join(path string, defs []*Definition, cert *x509.Certificate, sigs []*verit
 		return nil, fmt.Errorf("%s: copying: %w", path, err)
 	}
 	for _, p := range fresh {
+		if p.deferred {
+			continue
+		}
 		if err := writePayload(f.File, p, payloads[p]); err != nil {
 			return nil, err
 		}

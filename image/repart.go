@@ -410,6 +410,9 @@ func reports(path string, parts []*part) []PartitionReport {
 		if p.existing {
 			pr.Activity = "unchanged"
 		}
+		if p.deferred {
+			pr.Activity = "defer" // not in the table yet; see Join
+		}
 		if p.rootHash != nil {
 			pr.RootHash = hex.EncodeToString(p.rootHash)
 		}
