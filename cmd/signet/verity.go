@@ -33,11 +33,11 @@ func newVerityCmd() *cobra.Command {
 
 // verityFlags are veritysetup's format options.
 type verityFlags struct {
-	noSuperblock   bool
-	salt, uuid     string
-	dataBlockSize  int
-	hashBlockSize  int
-	hash           string
+	noSuperblock  bool
+	salt, uuid    string
+	dataBlockSize int
+	hashBlockSize int
+	hash          string
 }
 
 func (v *verityFlags) register(fs *pflag.FlagSet, format bool) {
