@@ -181,6 +181,12 @@ func Create(args []string, progress Progress, exclude ...string) ([]Entry, error
 	if err != nil {
 		return nil, err
 	}
+	return HashEntries(files, progress)
+}
+
+// HashEntries hashes files (as Collect returns them) into entries named by
+// their base names.
+func HashEntries(files []string, progress Progress) ([]Entry, error) {
 	digests, err := HashFiles(files, progress)
 	if err != nil {
 		return nil, err
