@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"signet.dev/internal/atomicfile"
+	"signet.dev/request"
+	"signet.dev/server/api"
+	"signet.dev/server/client"
+)
+
+func init() {
+	commands = append(commands, newSubmitCmd, newStatusCmd, newFetchCmd, newApproveCmd)
+}
+
+// serverFlags are how the client verbs reach and authenticate to a
+// signing service.
+type serverFlags struct {
+	url, token, tokenFile, cert, key, ca string
+	timeout                              time.Duration
+}
+
+func (f *serverFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.url, "server", "", "signing service URL (https://host:port)")
+	fs.StringVar(&f.token, "token", "", "bearer token (default $SIGNET_TOKEN)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token")
+	fs.StringVar(&f.cert, "client-cert", "", "TLS client certificate (PEM)")
+	fs.StringVar(&f.key, "client-key", "", "TLS client key (PEM)")
+	fs.StringVar(&f.ca, "ca", "", "CA certificate(s) of the service (PEM)")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+}
+
+func (f *serverFlags) client() (*client.Client, error) {
+	if f.url == "" {
+		return nil, errors.New("no --server= given")
+	}
+	tok := f.token
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" && f.cert == "" {
+		tok = os.Getenv("SIGNET_TOKEN")
+	}
+	return client.New(f.url, client.Options{Token: tok, CertFile: f.cert, KeyFile: f.key, CAFile: f.ca})
+}
+
+// auditKeyArg reads a note verifier key given inline or as a file.
+func auditKeyArg(v string) (string, error) {
+	if v == "" || strings.Count(v, "+") == 2 && !strings.ContainsAny(v, "/\n") {
+		return v, nil
+	}
+	b, err := os.ReadFile(v)
+	if err != nil {
+		return "", fmt.Errorf("audit key: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// writeResult verifies res against req (and its audit proofs with vkey)
+// and writes the response document, and the proofs if asked.
+func writeResult(req *request.Request, res *api.Result, vkey, output, proofs string) error {
+	if err := client.VerifyResult(req, res, vkey); err != nil {
+		return fmt.Errorf("response from the service: %w", err)
+	}
+	data, err := res.Response.Marshal()
+	if err != nil {
+		return err
+	}
+	if proofs != "" {
+		if err := atomicfile.WriteFile(proofs, api.Marshal(&res.Audit), 0o644); err != nil {
+			return err
+		}
+	}
+	return atomicfile.WriteFile(output, data, 0o644)
+}
+
+func newSubmitCmd() *cobra.Command {
+	var sf serverFlags
+	var wait bool
+	var output, proofs, vkey string
+	cmd := &cobra.Command{
+		Use:   "submit REQUEST --server=URL [--wait --output=RESPONSE]",
+		Short: "Submit a signing request to a signing service",
+		Long: `Submit a signet.request/v1 to a signing service and print its id. With
+--wait, wait until it is signed, verify every signature (and, with
+--audit-key, the audit log's proof of each), and write the response.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if wait && output == "" {
+				return errors.New("--wait needs --output=")
+			}
+			vk, err := auditKeyArg(vkey)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			req, err := request.Parse(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+			defer cancel()
+			st, err := c.Submit(ctx, data)
+			if err != nil {
+				return fmt.Errorf("submitting %s: %w", args[0], err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), st.ID)
+			if !wait {
+				return nil
+			}
+			res, err := c.Wait(ctx, st.ID)
+			if err != nil {
+				return err
+			}
+			return writeResult(req, res, vk, output, proofs)
+		},
+	}
+	sf.register(cmd.Flags())
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the signatures and write the response")
+	cmd.Flags().StringVar(&output, "output", "", "response file to write")
+	cmd.Flags().StringVar(&proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
+	cmd.Flags().StringVar(&vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
+	return cmd
+}
+
+func newStatusCmd() *cobra.Command {
+	var sf serverFlags
+	cmd := &cobra.Command{
+		Use:   "status ID --server=URL",
+		Short: "Show the state of a submitted signing request",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+			defer cancel()
+			st, err := c.Status(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			cmd.OutOrStdout().Write(api.Marshal(st))
+			return nil
+		},
+	}
+	sf.register(cmd.Flags())
+	return cmd
+}
+
+func newFetchCmd() *cobra.Command {
+	var sf serverFlags
+	var wait bool
+	var reqPath, output, proofs, vkey string
+	cmd := &cobra.Command{
+		Use:   "fetch ID --server=URL --request=REQUEST --output=RESPONSE",
+		Short: "Fetch, verify and write the response to a signed request",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" || reqPath == "" {
+				return errors.New("fetch needs --request= (to verify against) and --output=")
+			}
+			vk, err := auditKeyArg(vkey)
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(reqPath)
+			if err != nil {
+				return err
+			}
+			req, err := request.Parse(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", reqPath, err)
+			}
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+			defer cancel()
+			var res *api.Result
+			if wait {
+				res, err = c.Wait(ctx, args[0])
+			} else {
+				res, err = c.Fetch(ctx, args[0])
+			}
+			if err != nil {
+				return err
+			}
+			return writeResult(req, res, vk, output, proofs)
+		},
+	}
+	sf.register(cmd.Flags())
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until it is signed")
+	cmd.Flags().StringVar(&reqPath, "request", "", "the request submitted (the response is verified against it)")
+	cmd.Flags().StringVar(&output, "output", "", "response file to write")
+	cmd.Flags().StringVar(&proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
+	cmd.Flags().StringVar(&vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
+	return cmd
+}
+
+func newApproveCmd() *cobra.Command {
+	var sf serverFlags
+	cmd := &cobra.Command{
+		Use:   "approve ID --server=URL",
+		Short: "Approve a signing request that waits for approvers",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+			defer cancel()
+			st, err := c.Approve(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			cmd.OutOrStdout().Write(api.Marshal(st))
+			return nil
+		},
+	}
+	sf.register(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,246 @@
+// Package audit is the signing service's tamper-evident audit log: an
+// append-only Merkle tree (golang.org/x/mod/sumdb/tlog) of JSON entries,
+// with checkpoints signed as notes (golang.org/x/mod/sumdb/note, Ed25519).
+//
+// Every submission, refusal, approval and signature is one Entry. The
+// service stores the entries and the tree's stored hashes in its database,
+// in the same transaction as the state change the entry records, so the log
+// and the queue can never disagree.
+//
+// A checkpoint is a signed note whose text is, line by line (the C2SP
+// tlog-checkpoint layout):
+//
+//	<origin>
+//	<tree size, decimal>
+//	<root hash, base64>
+//
+// An exported log is one entry per line, the exact bytes that were hashed
+// (RFC 6962 leaf hash of the line without its newline). VerifyLog recomputes
+// the root from such a file and compares it with a checkpoint: any edited,
+// dropped, inserted or reordered entry changes the root.
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Entry types.
+const (
+	TypeSubmit  = "submit"  // a request was accepted
+	TypeRefuse  = "refuse"  // a request or approval was refused (policy or check)
+	TypeApprove = "approve" // an approver approved a request
+	TypeSign    = "sign"    // an item was signed
+)
+
+// Entry is one audit record. Index is its position in the log (the first
+// entry is 0), so an entry that moves no longer matches its own text.
+type Entry struct {
+	Index   int64     `json:"index"`
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Client  string    `json:"client"`            // authenticated identity
+	Request string    `json:"request,omitempty"` // request id: hex SHA-256 of its body
+	Item    string    `json:"item,omitempty"`    // item id within the request
+	Key     string    `json:"key,omitempty"`
+	Kind    string    `json:"kind,omitempty"`
+	Items   int       `json:"items,omitempty"`      // submit: number of items
+	TBS     string    `json:"tbs_sha256,omitempty"` // sign: SHA-256 of the to-be-signed bytes
+	Sig     string    `json:"sig_sha256,omitempty"` // sign: SHA-256 of the signature
+	Status  int       `json:"status,omitempty"`     // refuse: HTTP status returned
+	Reason  string    `json:"reason,omitempty"`     // refuse: why
+}
+
+// Marshal encodes e as one line of JSON without the newline: the bytes the
+// log hashes.
+func (e *Entry) Marshal() []byte {
+	b, err := json.Marshal(e)
+	if err != nil {
+		// Entry holds only strings, ints and a time: cannot fail.
+		panic(err)
+	}
+	return b
+}
+
+// ParseEntry decodes one log line strictly (unknown fields are an error).
+func ParseEntry(line []byte) (*Entry, error) {
+	d := json.NewDecoder(bytes.NewReader(line))
+	d.DisallowUnknownFields()
+	var e Entry
+	if err := d.Decode(&e); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEntry, err)
+	}
+	if d.More() {
+		return nil, fmt.Errorf("%w: trailing data", ErrBadEntry)
+	}
+	switch e.Type {
+	case TypeSubmit, TypeRefuse, TypeApprove, TypeSign:
+	default:
+		return nil, fmt.Errorf("%w: unknown type %q", ErrBadEntry, e.Type)
+	}
+	return &e, nil
+}
+
+// Errors a caller may check.
+var (
+	ErrBadEntry      = errors.New("audit: malformed entry")
+	ErrBadCheckpoint = errors.New("audit: malformed checkpoint")
+	ErrMismatch      = errors.New("audit: log does not match the checkpoint (an entry was edited, dropped, inserted or reordered)")
+	ErrShortLog      = errors.New("audit: log is shorter than the checkpoint")
+	ErrDoubleSigned  = errors.New("audit: an item was signed more than once")
+)
+
+// Checkpoint is a tree head: the log's origin name, its size and root hash.
+type Checkpoint struct {
+	Origin string
+	Size   int64
+	Hash   tlog.Hash
+}
+
+// Text is the checkpoint's note text.
+func (c Checkpoint) Text() string {
+	return fmt.Sprintf("%s\n%d\n%s\n", c.Origin, c.Size, base64.StdEncoding.EncodeToString(c.Hash[:]))
+}
+
+// Sign returns the checkpoint as a signed note.
+func (c Checkpoint) Sign(s note.Signer) ([]byte, error) {
+	return note.Sign(&note.Note{Text: c.Text()}, s)
+}
+
+// OpenCheckpoint verifies a signed checkpoint note with v and parses it.
+func OpenCheckpoint(msg []byte, v note.Verifier) (Checkpoint, error) {
+	n, err := note.Open(msg, note.VerifierList(v))
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("audit: checkpoint signature: %w", err)
+	}
+	return ParseCheckpointText(n.Text)
+}
+
+// ParseCheckpointText parses the (already verified) text of a checkpoint.
+func ParseCheckpointText(text string) (Checkpoint, error) {
+	lines := strings.SplitN(text, "\n", 4)
+	if len(lines) < 4 || lines[3] != "" || lines[0] == "" {
+		return Checkpoint{}, fmt.Errorf("%w: want origin, size and hash lines", ErrBadCheckpoint)
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
+		return Checkpoint{}, fmt.Errorf("%w: bad size %q", ErrBadCheckpoint, lines[1])
+	}
+	h, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(h) != tlog.HashSize {
+		return Checkpoint{}, fmt.Errorf("%w: bad root hash %q", ErrBadCheckpoint, lines[2])
+	}
+	c := Checkpoint{Origin: lines[0], Size: size}
+	copy(c.Hash[:], h)
+	return c, nil
+}
+
+// Proof is an inclusion proof of one entry in the tree of a checkpoint.
+type Proof struct {
+	Index int64       `json:"index"`
+	Entry string      `json:"entry"` // the entry's exact log line (a string: re-indenting must not change it)
+	Proof []tlog.Hash `json:"proof"`
+}
+
+// Check verifies that p's entry is at p.Index in the tree of c.
+func (p *Proof) Check(c Checkpoint) error {
+	if p.Index < 0 || p.Index >= c.Size {
+		return fmt.Errorf("audit: entry %d is outside the checkpoint's tree of %d entries", p.Index, c.Size)
+	}
+	if err := tlog.CheckRecord(tlog.RecordProof(p.Proof), c.Size, c.Hash, p.Index, tlog.RecordHash([]byte(p.Entry))); err != nil {
+		return fmt.Errorf("audit: inclusion proof of entry %d: %w", p.Index, err)
+	}
+	e, err := ParseEntry([]byte(p.Entry))
+	if err != nil {
+		return err
+	}
+	if e.Index != p.Index {
+		return fmt.Errorf("audit: entry claims index %d, proven at %d", e.Index, p.Index)
+	}
+	return nil
+}
+
+// Report summarises a verified log.
+type Report struct {
+	Entries int64
+	Types   map[string]int64 // entries by type
+	Signed  int64            // distinct items signed
+}
+
+// VerifyLog reads an exported log (one entry per line) and checks it against
+// the checkpoint c: the first c.Size entries must hash to c.Hash, every
+// line must parse and carry its own index, and no item (request, item id) may
+// be signed twice. Entries beyond c.Size are checked for form only.
+func VerifyLog(r io.Reader, c Checkpoint) (*Report, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var (
+		hashes []tlog.Hash // stored hashes, in memory
+		n      int64
+		rep    = &Report{Types: map[string]int64{}}
+		signed = map[[2]string]int64{}
+	)
+	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(idx))
+		for i, x := range idx {
+			if x < 0 || x >= int64(len(hashes)) {
+				return nil, fmt.Errorf("audit: hash %d not stored", x)
+			}
+			out[i] = hashes[x]
+		}
+		return out, nil
+	})
+	for sc.Scan() {
+		line := sc.Bytes()
+		e, err := ParseEntry(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n+1, err)
+		}
+		if e.Index != n {
+			return nil, fmt.Errorf("line %d: entry claims index %d: %w", n+1, e.Index, ErrMismatch)
+		}
+		if n < c.Size {
+			hs, err := tlog.StoredHashes(n, line, reader)
+			if err != nil {
+				return nil, err
+			}
+			hashes = append(hashes, hs...)
+		}
+		rep.Types[e.Type]++
+		if e.Type == TypeSign {
+			k := [2]string{e.Request, e.Item}
+			if prev, dup := signed[k]; dup {
+				return nil, fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
+			}
+			signed[k] = e.Index
+		}
+		n++
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	if n < c.Size {
+		return nil, fmt.Errorf("%w: %d entries, checkpoint covers %d", ErrShortLog, n, c.Size)
+	}
+	th, err := tlog.TreeHash(c.Size, reader)
+	if err != nil {
+		return nil, err
+	}
+	if th != c.Hash {
+		return nil, ErrMismatch
+	}
+	rep.Entries = n
+	rep.Signed = int64(len(signed))
+	return rep, nil
+}

@@ -1,0 +1,311 @@
+// Package client talks to a signet signing service (signet serve): submit
+// a signet.request/v1, wait for it, fetch the signet.response/v1 with its
+// audit proofs, approve, list keys, read the audit log. It builds without
+// cgo, so a build machine needs no PKCS#11 library.
+//
+//	c, err := client.New("https://signer.example:8443", client.Options{Token: tok, CAFile: "ca.pem"})
+//	st, err := c.Submit(ctx, reqBytes)
+//	res, err := c.Wait(ctx, st.ID)        // polls until signed
+//	err = c.VerifyResult(req, res, vkey)   // signatures and audit proofs
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"signet.dev/keys"
+	"signet.dev/request"
+	"signet.dev/server/api"
+	"signet.dev/server/audit"
+)
+
+// Options configure authentication and transport.
+type Options struct {
+	Token    string // bearer token
+	CertFile string // TLS client certificate (PEM)
+	KeyFile  string // its key (PEM)
+	CAFile   string // CA certificates that issued the server's certificate (PEM)
+	Timeout  time.Duration
+}
+
+// Client is a connection to one service.
+type Client struct {
+	base  *url.URL
+	http  *http.Client
+	token string
+	// Poll is Wait's polling interval (default 200ms).
+	Poll time.Duration
+}
+
+// Error is a non-2xx answer of the service.
+type Error struct {
+	Status int
+	Body   api.Error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("server: %d %s: %s", e.Status, http.StatusText(e.Status), e.Reason())
+}
+
+// Reason renders the service's reason with its per-item reasons.
+func (e *Error) Reason() string {
+	s := e.Body.Error
+	for _, it := range e.Body.Items {
+		s += fmt.Sprintf("; item %q: %s", it.ID, it.Reason)
+	}
+	return s
+}
+
+// ErrNotSigned is returned by Fetch while a request is not yet signed.
+var ErrNotSigned = errors.New("request not signed yet")
+
+// New returns a client for the service at baseURL.
+func New(baseURL string, o Options) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server URL %q: want http(s)://host:port", baseURL)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		cas, err := keys.LoadCertificates(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		for _, c := range cas {
+			pool.AddCert(c)
+		}
+		tc.RootCAs = pool
+	}
+	if o.CertFile != "" || o.KeyFile != "" {
+		if o.CertFile == "" || o.KeyFile == "" {
+			return nil, errors.New("a client certificate needs both certificate and key")
+		}
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 60 * time.Second
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	tr.MaxIdleConnsPerHost = 16
+	return &Client{base: u, token: o.Token, http: &http.Client{Transport: tr, Timeout: o.Timeout}, Poll: 200 * time.Millisecond}, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	u := c.base.JoinPath(path)
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		u = c.base.JoinPath(path[:i])
+		u.RawQuery = path[i+1:]
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, &e.Body) != nil || e.Body.Error == "" {
+			e.Body.Error = strings.TrimSpace(string(data))
+		}
+		return e
+	}
+	switch o := out.(type) {
+	case nil:
+	case *[]byte:
+		*o = data
+	default:
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Submit submits a request document. Submitting the same request again
+// returns the existing request's status.
+func (c *Client) Submit(ctx context.Context, req []byte) (*api.Status, error) {
+	var st api.Status
+	if err := c.do(ctx, "POST", "/v1/requests", req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Status returns a request's status.
+func (c *Client) Status(ctx context.Context, id string) (*api.Status, error) {
+	var st api.Status
+	if err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(id), nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Fetch returns a signed request's response and audit proofs, or
+// ErrNotSigned.
+func (c *Client) Fetch(ctx context.Context, id string) (*api.Result, error) {
+	var res api.Result
+	err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(id)+"/response", nil, &res)
+	var e *Error
+	if errors.As(err, &e) && e.Status == http.StatusConflict {
+		return nil, fmt.Errorf("%w: %s", ErrNotSigned, e.Body.Error)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if res.Response == nil {
+		return nil, errors.New("server answered without a response")
+	}
+	return &res, nil
+}
+
+// Wait polls until the request is signed and returns its result. It gives
+// up when ctx ends.
+func (c *Client) Wait(ctx context.Context, id string) (*api.Result, error) {
+	for {
+		res, err := c.Fetch(ctx, id)
+		if err == nil {
+			return res, nil
+		}
+		if !errors.Is(err, ErrNotSigned) {
+			var e *Error
+			// A restarting replica or a rate limit is worth waiting out.
+			if !(errors.As(err, &e) && (e.Status == http.StatusServiceUnavailable || e.Status == http.StatusTooManyRequests)) && !isTransient(err) {
+				return nil, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for request %s: %w", id, ctx.Err())
+		case <-time.After(c.Poll):
+		}
+	}
+}
+
+func isTransient(err error) bool {
+	var e *Error
+	return !errors.As(err, &e) // transport errors: connection refused while a node restarts
+}
+
+// Approve approves a request.
+func (c *Client) Approve(ctx context.Context, id string) (*api.Status, error) {
+	var st api.Status
+	if err := c.do(ctx, "POST", "/v1/requests/"+url.PathEscape(id)+"/approve", []byte("{}"), &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Keys lists the service's keys with certificates and public keys.
+func (c *Client) Keys(ctx context.Context) ([]api.Key, error) {
+	var ks []api.Key
+	if err := c.do(ctx, "GET", "/v1/keys", nil, &ks); err != nil {
+		return nil, err
+	}
+	return ks, nil
+}
+
+// Checkpoint returns the audit log's current signed checkpoint.
+func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
+	var b []byte
+	err := c.do(ctx, "GET", "/v1/audit/checkpoint", nil, &b)
+	return b, err
+}
+
+// AuditKey returns the service's note verifier key (pin it; do not trust
+// it from the same connection you verify).
+func (c *Client) AuditKey(ctx context.Context) (string, error) {
+	var b []byte
+	err := c.do(ctx, "GET", "/v1/audit/key", nil, &b)
+	return strings.TrimSpace(string(b)), err
+}
+
+// AuditLog writes the first n audit entries, one per line, to w.
+func (c *Client) AuditLog(ctx context.Context, w io.Writer, n int64) error {
+	for start := int64(0); start < n; {
+		var b []byte
+		if err := c.do(ctx, "GET", fmt.Sprintf("/v1/audit/entries?start=%d&end=%d", start, n), nil, &b); err != nil {
+			return err
+		}
+		lines := int64(bytes.Count(b, []byte{'\n'}))
+		if lines == 0 {
+			return fmt.Errorf("audit log: server has no entry %d", start)
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		start += lines
+	}
+	return nil
+}
+
+// VerifyResult checks a result against the request it answers: every
+// signature verifies over its item's TBS with the certificate returned
+// (request.Verify), and, with a note verifier key, the checkpoint is signed
+// by it and each item's "sign" entry is proven in its tree and records that
+// item and that signature.
+func VerifyResult(req *request.Request, res *api.Result, vkey string) error {
+	if _, err := request.Verify(req, res.Response, nil); err != nil {
+		return err
+	}
+	if vkey == "" {
+		return nil
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return fmt.Errorf("audit key: %w", err)
+	}
+	cp, err := audit.OpenCheckpoint([]byte(res.Audit.Checkpoint), v)
+	if err != nil {
+		return err
+	}
+	id := strings.TrimPrefix(res.Response.Request, "sha256:")
+	for _, s := range res.Response.Items {
+		p := res.Audit.Items[s.ID]
+		if p == nil {
+			return fmt.Errorf("item %q: no audit proof", s.ID)
+		}
+		if err := p.Check(cp); err != nil {
+			return fmt.Errorf("item %q: %w", s.ID, err)
+		}
+		e, _ := audit.ParseEntry([]byte(p.Entry))
+		if e.Type != audit.TypeSign || e.Request != id || e.Item != s.ID || e.Sig != sha256hex(s.Signature) {
+			return fmt.Errorf("item %q: audit entry %d records another signature", s.ID, p.Index)
+		}
+	}
+	return nil
+}

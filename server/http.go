@@ -1,0 +1,472 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"signet.dev/keys"
+	"signet.dev/request"
+	"signet.dev/request/check"
+	"signet.dev/server/api"
+	"signet.dev/server/audit"
+	"signet.dev/server/store"
+)
+
+// maxEntriesPerCall bounds one /v1/audit/entries answer.
+const maxEntriesPerCall = 10000
+
+// Handler returns the HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h func(w http.ResponseWriter, r *http.Request, id *identity)) {
+		mux.Handle(pattern, s.authenticated(pattern, h))
+	}
+	route("POST /v1/requests", s.submit)
+	route("GET /v1/requests/{id}", s.status)
+	route("GET /v1/requests/{id}/response", s.response)
+	route("POST /v1/requests/{id}/approve", s.approve)
+	route("GET /v1/keys", s.listKeys)
+	route("GET /v1/audit/checkpoint", s.checkpoint)
+	route("GET /v1/audit/key", s.auditKey)
+	route("GET /v1/audit/entries", s.entries)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ping(ctx); err != nil {
+			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path, nil)
+	})
+	return mux
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// authenticated resolves the caller's identity (client certificate, then
+// bearer token), applies the rate limit, logs and counts the call.
+func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.Request, *identity)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		id := s.identify(r)
+		name := ""
+		switch {
+		case id == nil:
+			sw.Header().Set("WWW-Authenticate", `Bearer realm="signet"`)
+			writeError(sw, http.StatusUnauthorized, "unknown client: present a known client certificate or bearer token", nil)
+		case !s.limits.allow(id.name, start):
+			name = id.name
+			sw.Header().Set("Retry-After", "1")
+			writeError(sw, http.StatusTooManyRequests, "rate limit exceeded for client "+id.name, nil)
+		default:
+			name = id.name
+			h(sw, r, id)
+		}
+		s.metrics.http.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		s.log.Info("api", "method", r.Method, "path", r.URL.Path, "client", name, "status", sw.code, "ms", time.Since(start).Milliseconds())
+	})
+}
+
+func (s *Server) identify(r *http.Request) *identity {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		c := r.TLS.PeerCertificates[0]
+		fp := sha256.Sum256(c.Raw)
+		if id := s.certFP[hex.EncodeToString(fp[:])]; id != nil {
+			return id
+		}
+		// A common name counts only if the handshake verified the chain to
+		// the configured client CA.
+		if len(r.TLS.VerifiedChains) > 0 {
+			if id := s.certCN[c.Subject.CommonName]; id != nil {
+				return id
+			}
+		}
+	}
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
+		return s.tokens[tokenHash(strings.TrimSpace(tok))]
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(api.Marshal(v))
+}
+
+func writeError(w http.ResponseWriter, code int, msg string, items []api.ItemError) {
+	writeJSON(w, code, &api.Error{Error: msg, Items: items})
+}
+
+// refuse answers a policy or check refusal and records it in the audit log.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, code int, reqID, msg string, items []api.ItemError) {
+	reason := msg
+	for _, it := range items {
+		reason += "; " + it.ID + ": " + it.Reason
+	}
+	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeRefuse, Client: id.name, Request: reqID, Status: code, Reason: reason}
+	if err := s.store.Audit(r.Context(), e); err != nil {
+		s.log.Error("auditing a refusal", "err", err)
+		writeError(w, http.StatusInternalServerError, "audit log unavailable", nil)
+		return
+	}
+	writeError(w, code, msg, items)
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxRequestBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.metrics.submissions.WithLabelValues("invalid").Inc()
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.Limits.MaxRequestBytes), nil)
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
+		return
+	}
+	req, err := request.Parse(body)
+	if err != nil {
+		s.metrics.submissions.WithLabelValues("invalid").Inc()
+		writeError(w, http.StatusBadRequest, err.Error(), nil)
+		return
+	}
+	if len(req.Items) == 0 {
+		s.metrics.submissions.WithLabelValues("invalid").Inc()
+		writeError(w, http.StatusBadRequest, "request has no items", nil)
+		return
+	}
+	if len(req.Items) > s.cfg.Limits.MaxItems {
+		s.metrics.submissions.WithLabelValues("invalid").Inc()
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request has %d items, the limit is %d", len(req.Items), s.cfg.Limits.MaxItems), nil)
+		return
+	}
+	d := req.Digest()
+	reqID := hex.EncodeToString(d[:])
+
+	// Unknown keys are bad input; keys or kinds the client may not use are
+	// a policy refusal (403, audited); content that fails its kind's check
+	// is refused (422, audited). Nothing is stored for a refused request.
+	var unknown, forbidden, refused []api.ItemError
+	for i := range req.Items {
+		it := &req.Items[i]
+		k := s.keys[it.Key]
+		switch {
+		case k == nil:
+			unknown = append(unknown, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("no key named %q", it.Key)})
+		case !id.keys[it.Key]:
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not use key %q", id.name, it.Key)})
+		case !slices.Contains(k.cfg.Kinds, string(it.Kind)):
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("key %q does not sign %s items", it.Key, it.Kind)})
+		case len(id.kinds) > 0 && !id.kinds[string(it.Kind)]:
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not submit %s items", id.name, it.Kind)})
+		default:
+			if err := check.Item(it); err != nil {
+				refused = append(refused, api.ItemError{ID: it.ID, Reason: err.Error()})
+			}
+		}
+	}
+	switch {
+	case len(unknown) > 0:
+		s.metrics.submissions.WithLabelValues("invalid").Inc()
+		writeError(w, http.StatusBadRequest, "request names keys this service does not hold", unknown)
+		return
+	case len(forbidden) > 0:
+		s.metrics.submissions.WithLabelValues("refused").Inc()
+		s.refuse(w, r, id, http.StatusForbidden, reqID, "not allowed", forbidden)
+		return
+	case len(refused) > 0:
+		s.metrics.submissions.WithLabelValues("refused").Inc()
+		s.refuse(w, r, id, http.StatusUnprocessableEntity, reqID, "items refused by their kind's check", refused)
+		return
+	}
+
+	now := time.Now().UTC()
+	sr := &store.Request{ID: reqID, Client: id.name, Body: body, Created: now}
+	for i, it := range req.Items {
+		state := store.StatePending
+		if s.keys[it.Key].cfg.Approvals > 0 {
+			state = store.StateApproval
+		}
+		sr.Items = append(sr.Items, store.Item{Seq: i, ID: it.ID, Key: it.Key, Kind: string(it.Kind), Hash: it.Hash, TBS: it.TBS, State: state})
+	}
+	e := &audit.Entry{Time: now, Type: audit.TypeSubmit, Client: id.name, Request: reqID, Items: len(req.Items)}
+	created, err := s.store.Submit(r.Context(), sr, e)
+	if err != nil {
+		s.log.Error("storing a request", "request", reqID, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "storing the request failed; submit it again", nil)
+		return
+	}
+	code := http.StatusOK
+	if created {
+		code = http.StatusCreated
+		s.metrics.submissions.WithLabelValues("accepted").Inc()
+		s.wake()
+	} else {
+		s.metrics.submissions.WithLabelValues("duplicate").Inc()
+	}
+	stored, err := s.store.Request(r.Context(), reqID)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "reading the request back failed", nil)
+		return
+	}
+	w.Header().Set("Location", "/v1/requests/"+reqID)
+	writeJSON(w, code, s.statusOf(stored))
+}
+
+func (s *Server) statusOf(r *store.Request) *api.Status {
+	st := &api.Status{ID: r.ID, Client: r.Client, Created: r.Created.Format(time.RFC3339Nano), Approvers: r.Approvers, State: api.StateSigned}
+	for _, it := range r.Items {
+		st.Items = append(st.Items, api.ItemStatus{ID: it.ID, Key: it.Key, Kind: it.Kind, State: it.State})
+		switch it.State {
+		case store.StateApproval:
+			st.State = api.StateApproval
+		case store.StatePending:
+			if st.State != api.StateApproval {
+				st.State = api.StatePending
+			}
+		}
+		if k := s.keys[it.Key]; k != nil && k.cfg.Approvals > 0 {
+			if st.Approvals == nil {
+				st.Approvals = map[string]int{}
+			}
+			st.Approvals[it.Key] = k.cfg.Approvals
+		}
+	}
+	return st
+}
+
+// load fetches the request named in the path, if id may see it: its
+// submitter, or an approver of one of its keys. Others get 404, as for an
+// unknown id.
+func (s *Server) load(w http.ResponseWriter, r *http.Request, id *identity) *store.Request {
+	reqID := r.PathValue("id")
+	if b, err := hex.DecodeString(reqID); err != nil || len(b) != 32 || strings.ToLower(reqID) != reqID {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("request id %q: want 64 lowercase hex digits", reqID), nil)
+		return nil
+	}
+	sr, err := s.store.Request(r.Context(), reqID)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no request "+reqID, nil)
+		return nil
+	}
+	if err != nil {
+		s.log.Error("loading a request", "request", reqID, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store unavailable", nil)
+		return nil
+	}
+	if sr.Client != id.name && !slices.ContainsFunc(sr.Items, func(it store.Item) bool { return id.approve[it.Key] }) {
+		writeError(w, http.StatusNotFound, "no request "+reqID, nil)
+		return nil
+	}
+	return sr
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request, id *identity) {
+	if sr := s.load(w, r, id); sr != nil {
+		writeJSON(w, http.StatusOK, s.statusOf(sr))
+	}
+}
+
+func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) {
+	sr := s.load(w, r, id)
+	if sr == nil {
+		return
+	}
+	st := s.statusOf(sr)
+	if st.State != api.StateSigned {
+		writeError(w, http.StatusConflict, fmt.Sprintf("request %s is not signed yet (state %s)", sr.ID, st.State), nil)
+		return
+	}
+	ctx := r.Context()
+	size, root, err := s.store.Tree(ctx)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
+		return
+	}
+	cp := audit.Checkpoint{Origin: s.note.Name(), Size: size, Hash: root}
+	signed, err := cp.Sign(s.note)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "signing the checkpoint failed", nil)
+		return
+	}
+	res := &api.Result{
+		Response: &request.Response{Format: request.FormatResponse, Request: "sha256:" + sr.ID},
+		Audit:    api.AuditProofs{Checkpoint: string(signed), Items: map[string]*audit.Proof{}},
+	}
+	for _, it := range sr.Items {
+		k := s.keys[it.Key]
+		if k == nil {
+			writeError(w, http.StatusInternalServerError, fmt.Sprintf("key %q is no longer configured", it.Key), nil)
+			return
+		}
+		sig := request.Signature{ID: it.ID, Signature: it.Signature, Certificate: k.cert.Raw}
+		for _, c := range k.chain {
+			sig.Chain = append(sig.Chain, c.Raw)
+		}
+		res.Response.Items = append(res.Response.Items, sig)
+		proof, err := s.store.Prove(ctx, size, it.AuditIndex)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "audit proof unavailable", nil)
+			return
+		}
+		ents, err := s.store.Entries(ctx, it.AuditIndex, it.AuditIndex+1)
+		if err != nil || len(ents) != 1 {
+			writeError(w, http.StatusServiceUnavailable, "audit entry unavailable", nil)
+			return
+		}
+		res.Audit.Items[it.ID] = &audit.Proof{Index: it.AuditIndex, Entry: string(ents[0]), Proof: proof}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {
+	sr := s.load(w, r, id)
+	if sr == nil {
+		return
+	}
+	gated := false
+	mayApprove := false
+	for _, it := range sr.Items {
+		if k := s.keys[it.Key]; k != nil && k.cfg.Approvals > 0 && it.State == store.StateApproval {
+			gated = true
+			if id.approve[it.Key] {
+				mayApprove = true
+			}
+		}
+	}
+	switch {
+	case !gated:
+		writeError(w, http.StatusConflict, fmt.Sprintf("request %s has no items waiting for approval", sr.ID), nil)
+		return
+	case sr.Client == id.name:
+		s.refuse(w, r, id, http.StatusForbidden, sr.ID, "a client may not approve its own request", nil)
+		return
+	case !mayApprove:
+		s.refuse(w, r, id, http.StatusForbidden, sr.ID, fmt.Sprintf("client %s may not approve the keys this request waits for", id.name), nil)
+		return
+	}
+	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeApprove, Client: id.name, Request: sr.ID}
+	_, err := s.store.Approve(r.Context(), sr.ID, id.name, e, func(cur *store.Request) []int {
+		var release []int
+		for _, it := range cur.Items {
+			k := s.keys[it.Key]
+			if it.State != store.StateApproval || k == nil {
+				continue
+			}
+			n := 0
+			for _, a := range cur.Approvers {
+				if a != cur.Client && s.mayApprove(a, it.Key) {
+					n++
+				}
+			}
+			if n >= k.cfg.Approvals {
+				release = append(release, it.Seq)
+			}
+		}
+		return release
+	})
+	if err != nil {
+		s.log.Error("storing an approval", "request", sr.ID, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "storing the approval failed; approve again", nil)
+		return
+	}
+	s.wake()
+	if sr = s.load(w, r, id); sr != nil {
+		writeJSON(w, http.StatusOK, s.statusOf(sr))
+	}
+}
+
+func (s *Server) mayApprove(client, key string) bool {
+	for _, c := range s.clients {
+		if c.name == client {
+			return c.approve[key]
+		}
+	}
+	return false
+}
+
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, id *identity) {
+	out := []api.Key{}
+	for _, kc := range s.cfg.Keys {
+		k := s.keys[kc.Name]
+		pub, err := keys.MarshalPublicKeyPEM(k.cert.PublicKey)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "key "+kc.Name+": "+err.Error(), nil)
+			return
+		}
+		ak := api.Key{Name: kc.Name, Kinds: kc.Kinds, Approvals: kc.Approvals, PublicKey: string(pub), Algorithm: keys.Describe(k.cert.PublicKey),
+			Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k.cert.Raw}))}
+		for _, c := range k.chain {
+			ak.Chain += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+		}
+		out = append(out, ak)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, id *identity) {
+	size, root, err := s.store.Tree(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
+		return
+	}
+	signed, err := audit.Checkpoint{Origin: s.note.Name(), Size: size, Hash: root}.Sign(s.note)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "signing the checkpoint failed", nil)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(signed)
+}
+
+func (s *Server) auditKey(w http.ResponseWriter, r *http.Request, id *identity) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, s.noteV+"\n")
+}
+
+func (s *Server) entries(w http.ResponseWriter, r *http.Request, id *identity) {
+	q := r.URL.Query()
+	start, err1 := strconv.ParseInt(q.Get("start"), 10, 64)
+	end, err2 := strconv.ParseInt(q.Get("end"), 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		writeError(w, http.StatusBadRequest, "want ?start=N&end=M with 0 <= N <= M", nil)
+		return
+	}
+	end = min(end, start+maxEntriesPerCall)
+	ents, err := s.store.Entries(r.Context(), start, end)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for _, e := range ents {
+		w.Write(e)
+		w.Write([]byte{'\n'})
+	}
+}

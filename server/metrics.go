@@ -1,0 +1,59 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	reg           *prometheus.Registry
+	http          *prometheus.CounterVec
+	submissions   *prometheus.CounterVec
+	signed        *prometheus.CounterVec
+	signErrors    *prometheus.CounterVec
+	signSeconds   *prometheus.HistogramVec
+	commitSeconds prometheus.Histogram
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		http: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_http_requests_total", Help: "API calls by route and status code.",
+		}, []string{"route", "code"}),
+		submissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_submissions_total", Help: "Submitted requests by outcome (accepted, duplicate, refused, invalid).",
+		}, []string{"result"}),
+		signed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_items_signed_total", Help: "Signatures stored, by key.",
+		}, []string{"key"}),
+		signErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_sign_errors_total", Help: "Failed signing attempts, by key.",
+		}, []string{"key"}),
+		signSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "signet_sign_seconds", Help: "Time of one signature by the key (token round trip included).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"key"}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "signet_commit_seconds", Help: "Time to store one batch of signatures with its audit entries.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_items_pending", Help: "Items queued for signing (all replicas).",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := s.store.Pending(ctx)
+		if err != nil {
+			return -1
+		}
+		return float64(n)
+	})
+	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, pending,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,676 @@
+// Package store is the signing service's durable state: requests, their
+// items and approvals, and the audit log's entries and Merkle hashes.
+//
+// Two databases are supported through database/sql: embedded SQLite
+// (modernc.org/sqlite, pure Go, the default: nothing to set up) and
+// PostgreSQL (pgx), which lets several service replicas share one queue.
+// The schema and queries are the same for both but for the column types,
+// placeholders and PostgreSQL's row locks.
+//
+// Crash safety rests on three rules:
+//   - every state change and the audit entry that records it commit in one
+//     transaction (a signature is stored, its item marked signed and its
+//     "sign" entry appended, or none of it happens);
+//   - a worker claims pending items with a lease (PostgreSQL: SELECT ... FOR
+//     UPDATE SKIP LOCKED, so replicas never claim the same row at once); an
+//     item whose lease expired, because its replica died, is claimed again;
+//   - a signature is stored only if the item is still pending and still
+//     leased to the worker that signed it, so an item is signed (stored,
+//     audited) exactly once.
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"golang.org/x/mod/sumdb/tlog"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"signet.dev/server/audit"
+)
+
+// Item states.
+const (
+	StateApproval = "approval" // waiting for approvals before it may be signed
+	StatePending  = "pending"  // queued for signing
+	StateSigned   = "signed"
+)
+
+// ErrNotFound is returned for an unknown request id.
+var ErrNotFound = errors.New("store: no such request")
+
+// Request is a submitted signing request.
+type Request struct {
+	ID        string // hex SHA-256 of Body
+	Client    string // identity that submitted it
+	Body      []byte // the request document as submitted
+	Created   time.Time
+	Items     []Item
+	Approvers []string // distinct identities that approved it, in order
+}
+
+// Item is one signature to make.
+type Item struct {
+	Seq        int    // position in the request
+	ID         string // the request's item id
+	Key        string // key name
+	Kind       string
+	Hash       string // hash name (sha256, ...)
+	TBS        []byte
+	State      string
+	Signature  []byte // once signed
+	AuditIndex int64  // index of the "sign" entry, once signed
+}
+
+// Store is an open database.
+type Store struct {
+	db       *sql.DB
+	postgres bool
+}
+
+// Open opens (creating the schema if needed) a store. driver is "sqlite"
+// (dsn: a file path) or "postgres" (dsn: a libpq connection string or URL).
+func Open(ctx context.Context, driver, dsn string) (*Store, error) {
+	var s Store
+	var err error
+	switch driver {
+	case "sqlite", "":
+		if dsn == "" {
+			return nil, errors.New("store: sqlite needs a database path")
+		}
+		// WAL + synchronous=FULL: a committed signature survives a crash of
+		// the process or the machine.
+		s.db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_txlock=immediate")
+		if err == nil {
+			// One connection: SQLite has one writer anyway, and this
+			// serialises audit appends without busy retries.
+			s.db.SetMaxOpenConns(1)
+		}
+	case "postgres", "postgresql":
+		s.postgres = true
+		s.db, err = sql.Open("pgx", dsn)
+		if err == nil {
+			s.db.SetMaxOpenConns(16)
+		}
+	default:
+		return nil, fmt.Errorf("store: unknown driver %q (use sqlite or postgres)", driver)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+func (s *Store) migrate(ctx context.Context) error {
+	blob := "BLOB"
+	if s.postgres {
+		blob = "BYTEA"
+	}
+	schema := []string{
+		`CREATE TABLE IF NOT EXISTS requests (
+			id TEXT PRIMARY KEY,
+			client TEXT NOT NULL,
+			body ` + blob + ` NOT NULL,
+			created BIGINT NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS items (
+			request_id TEXT NOT NULL REFERENCES requests(id),
+			seq INTEGER NOT NULL,
+			client TEXT NOT NULL,
+			item_id TEXT NOT NULL,
+			key_name TEXT NOT NULL,
+			kind TEXT NOT NULL,
+			hash TEXT NOT NULL,
+			tbs ` + blob + ` NOT NULL,
+			state TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			lease_owner TEXT,
+			lease_until BIGINT,
+			signature ` + blob + `,
+			audit_index BIGINT,
+			PRIMARY KEY (request_id, seq))`,
+		`CREATE INDEX IF NOT EXISTS items_queue ON items (state, created)`,
+		`CREATE TABLE IF NOT EXISTS approvals (
+			request_id TEXT NOT NULL REFERENCES requests(id),
+			approver TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			PRIMARY KEY (request_id, approver))`,
+		`CREATE TABLE IF NOT EXISTS audit_entries (idx BIGINT PRIMARY KEY, data ` + blob + ` NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS audit_hashes (idx BIGINT PRIMARY KEY, hash ` + blob + ` NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY, size BIGINT NOT NULL)`,
+		`INSERT INTO audit_head (id, size) VALUES (1, 0) ON CONFLICT (id) DO NOTHING`,
+	}
+	if s.postgres {
+		// Replicas starting together must not race on CREATE TABLE.
+		schema = append([]string{`SELECT pg_advisory_xact_lock(7301)`}, schema...)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer tx.Rollback()
+	for _, q := range schema {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("store: creating schema: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: creating schema: %w", err)
+	}
+	return nil
+}
+
+// q rewrites ? placeholders to PostgreSQL's $n.
+func (s *Store) q(query string) string {
+	if !s.postgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// Submit stores a new request, its items and the audit entry recording the
+// submission, in one transaction. If a request with the same id exists, it
+// changes nothing and returns created=false (submission is idempotent).
+func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created bool, err error) {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO requests (id, client, body, created) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`),
+			r.ID, r.Client, r.Body, r.Created.UnixNano())
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		created = true
+		for _, it := range r.Items {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+				r.ID, it.Seq, r.Client, it.ID, it.Key, it.Kind, it.Hash, it.TBS, it.State, r.Created.UnixNano()); err != nil {
+				return err
+			}
+		}
+		_, err = s.appendAudit(ctx, tx, []*audit.Entry{e})
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: submit %s: %w", r.ID, err)
+	}
+	return created, nil
+}
+
+// Audit appends entries that change no other state (refusals).
+func (s *Store) Audit(ctx context.Context, entries ...*audit.Entry) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := s.appendAudit(ctx, tx, entries)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: audit: %w", err)
+	}
+	return nil
+}
+
+// Request loads a request with its items and approvers.
+func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
+	r := &Request{ID: id}
+	var created int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT client, body, created FROM requests WHERE id = ?`), id).Scan(&r.Client, &r.Body, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	r.Created = time.Unix(0, created).UTC()
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`), id)
+	if err != nil {
+		return nil, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var it Item
+		var ai sql.NullInt64
+		if err := rows.Scan(&it.Seq, &it.ID, &it.Key, &it.Kind, &it.Hash, &it.TBS, &it.State, &it.Signature, &ai); err != nil {
+			return nil, fmt.Errorf("store: request %s: %w", id, err)
+		}
+		it.AuditIndex = -1
+		if ai.Valid {
+			it.AuditIndex = ai.Int64
+		}
+		r.Items = append(r.Items, it)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	rows.Close()
+	ar, err := s.db.QueryContext(ctx, s.q(`SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+	if err != nil {
+		return nil, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	defer ar.Close()
+	for ar.Next() {
+		var a string
+		if err := ar.Scan(&a); err != nil {
+			return nil, err
+		}
+		r.Approvers = append(r.Approvers, a)
+	}
+	return r, ar.Err()
+}
+
+// Approve records approver's approval of request id and its audit entry,
+// then, in the same transaction, moves to pending the items release picks
+// (given the request and all its approvers so far). Approving twice is one
+// approval: added is false and nothing is audited.
+func (s *Store) Approve(ctx context.Context, id, approver string, e *audit.Entry, release func(r *Request) []int) (added bool, err error) {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO approvals (request_id, approver, created) VALUES (?, ?, ?) ON CONFLICT (request_id, approver) DO NOTHING`),
+			id, approver, time.Now().UnixNano())
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		added = true
+		r := &Request{ID: id}
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT seq, item_id, key_name, kind, state FROM items WHERE request_id = ? ORDER BY seq`), id)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var it Item
+			if err := rows.Scan(&it.Seq, &it.ID, &it.Key, &it.Kind, &it.State); err != nil {
+				rows.Close()
+				return err
+			}
+			r.Items = append(r.Items, it)
+		}
+		rows.Close()
+		ar, err := tx.QueryContext(ctx, s.q(`SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+		if err != nil {
+			return err
+		}
+		for ar.Next() {
+			var a string
+			if err := ar.Scan(&a); err != nil {
+				ar.Close()
+				return err
+			}
+			r.Approvers = append(r.Approvers, a)
+		}
+		ar.Close()
+		for _, seq := range release(r) {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ? WHERE request_id = ? AND seq = ? AND state = ?`),
+				StatePending, id, seq, StateApproval); err != nil {
+				return err
+			}
+		}
+		_, err = s.appendAudit(ctx, tx, []*audit.Entry{e})
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: approve %s: %w", id, err)
+	}
+	return added, nil
+}
+
+// Claim is a pending item leased to one worker.
+type Claim struct {
+	Request string
+	Client  string // who submitted the request
+	Item
+	Owner string
+	Until int64 // lease end, Unix nanoseconds
+}
+
+// Claim leases up to max pending items (oldest first) to owner for lease.
+// Items whose lease expired are claimed again.
+func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, max int) ([]Claim, error) {
+	now := time.Now()
+	until := now.Add(lease).UnixNano()
+	lock := ""
+	if s.postgres {
+		lock = " FOR UPDATE SKIP LOCKED"
+	}
+	var out []Claim
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, s.q(`UPDATE items SET lease_owner = ?, lease_until = ?
+			WHERE (request_id, seq) IN (SELECT request_id, seq FROM items
+				WHERE state = ? AND (lease_until IS NULL OR lease_until < ?)
+				ORDER BY created, request_id, seq LIMIT ?`+lock+`)
+			RETURNING request_id, seq, client, item_id, key_name, kind, hash, tbs`),
+			owner, until, StatePending, now.UnixNano(), max)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c := Claim{Owner: owner, Until: until}
+			c.State = StatePending
+			if err := rows.Scan(&c.Request, &c.Seq, &c.Client, &c.ID, &c.Key, &c.Kind, &c.Hash, &c.TBS); err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: claim: %w", err)
+	}
+	return out, nil
+}
+
+// Signed is a signature made for a claim, with its audit entry.
+type Signed struct {
+	Claim     Claim
+	Signature []byte
+	Entry     *audit.Entry
+}
+
+// Complete stores signatures and their audit entries in one transaction.
+// A signature is stored only if its item is still pending and still leased
+// to the claim's owner; the others (re-claimed after a lease expiry, and
+// already signed elsewhere) are dropped. It returns how many were stored.
+func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err error) {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		stored = 0
+		var entries []*audit.Entry
+		var keep []Signed
+		for _, d := range done {
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ?, signature = ?, lease_owner = NULL, lease_until = NULL
+				WHERE request_id = ? AND seq = ? AND state = ? AND lease_owner = ? AND lease_until = ?`),
+				StateSigned, d.Signature, d.Claim.Request, d.Claim.Seq, StatePending, d.Claim.Owner, d.Claim.Until)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				entries = append(entries, d.Entry)
+				keep = append(keep, d)
+			}
+		}
+		idx, err := s.appendAudit(ctx, tx, entries)
+		if err != nil {
+			return err
+		}
+		for i, d := range keep {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE items SET audit_index = ? WHERE request_id = ? AND seq = ?`),
+				idx[i], d.Claim.Request, d.Claim.Seq); err != nil {
+				return err
+			}
+		}
+		stored = len(keep)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: storing signatures: %w", err)
+	}
+	return stored, nil
+}
+
+// Pending counts items waiting to be signed (for metrics).
+func (s *Store) Pending(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE state = ?`), StatePending).Scan(&n)
+	return n, err
+}
+
+func (s *Store) inTx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// TBSHash is the hex SHA-256 an audit entry records for bytes.
+func TBSHash(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// appendAudit appends entries to the log inside tx, setting each entry's
+// Index, and returns the indexes. The log head row serialises appends
+// (PostgreSQL: row lock; SQLite: the single writer).
+func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.Entry) ([]int64, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	lock := ""
+	if s.postgres {
+		lock = " FOR UPDATE"
+	}
+	var size int64
+	if err := tx.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`+lock).Scan(&size); err != nil {
+		return nil, fmt.Errorf("audit head: %w", err)
+	}
+	fresh := map[int64]tlog.Hash{} // hashes written by this append
+	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(idx))
+		var missing []int64
+		for i, x := range idx {
+			if h, ok := fresh[x]; ok {
+				out[i] = h
+			} else {
+				missing = append(missing, x)
+			}
+		}
+		if len(missing) > 0 {
+			got, err := s.readHashes(ctx, tx, missing)
+			if err != nil {
+				return nil, err
+			}
+			for i, x := range idx {
+				if _, ok := fresh[x]; !ok {
+					out[i], got = got[0], got[1:]
+				}
+			}
+		}
+		return out, nil
+	})
+	var (
+		idxs    []int64
+		hashIdx []int64
+		hashes  []tlog.Hash
+		datas   [][]byte
+	)
+	for _, e := range entries {
+		n := size
+		e.Index = n
+		data := e.Marshal()
+		hs, err := tlog.StoredHashes(n, data, reader)
+		if err != nil {
+			return nil, fmt.Errorf("audit hashes: %w", err)
+		}
+		base := tlog.StoredHashIndex(0, n)
+		for i, h := range hs {
+			fresh[base+int64(i)] = h
+			hashIdx = append(hashIdx, base+int64(i))
+			hashes = append(hashes, h)
+		}
+		idxs = append(idxs, n)
+		datas = append(datas, data)
+		size++
+	}
+	// Multi-row inserts: one round trip per table, not per entry.
+	const chunk = 200
+	for i := 0; i < len(idxs); i += chunk {
+		j := min(i+chunk, len(idxs))
+		var q strings.Builder
+		var args []any
+		q.WriteString(`INSERT INTO audit_entries (idx, data) VALUES `)
+		for k := i; k < j; k++ {
+			if k > i {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?)")
+			args = append(args, idxs[k], datas[k])
+		}
+		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+			return nil, fmt.Errorf("audit entries: %w", err)
+		}
+	}
+	for i := 0; i < len(hashIdx); i += chunk {
+		j := min(i+chunk, len(hashIdx))
+		var q strings.Builder
+		var args []any
+		q.WriteString(`INSERT INTO audit_hashes (idx, hash) VALUES `)
+		for k := i; k < j; k++ {
+			if k > i {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?)")
+			args = append(args, hashIdx[k], hashes[k][:])
+		}
+		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+			return nil, fmt.Errorf("audit hashes: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE audit_head SET size = ? WHERE id = 1`), size); err != nil {
+		return nil, fmt.Errorf("audit head: %w", err)
+	}
+	return idxs, nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (s *Store) readHashes(ctx context.Context, db querier, idx []int64) ([]tlog.Hash, error) {
+	var q strings.Builder
+	q.WriteString(`SELECT idx, hash FROM audit_hashes WHERE idx IN (`)
+	args := make([]any, len(idx))
+	for i, x := range idx {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("?")
+		args[i] = x
+	}
+	q.WriteString(")")
+	rows, err := db.QueryContext(ctx, s.q(q.String()), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	got := map[int64]tlog.Hash{}
+	for rows.Next() {
+		var x int64
+		var b []byte
+		if err := rows.Scan(&x, &b); err != nil {
+			return nil, err
+		}
+		if len(b) != tlog.HashSize {
+			return nil, fmt.Errorf("audit hash %d: %d bytes", x, len(b))
+		}
+		var h tlog.Hash
+		copy(h[:], b)
+		got[x] = h
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		h, ok := got[x]
+		if !ok {
+			return nil, fmt.Errorf("audit hash %d missing", x)
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// Tree returns the audit log's current size and root hash.
+func (s *Store) Tree(ctx context.Context) (int64, tlog.Hash, error) {
+	var size int64
+	if err := s.db.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`).Scan(&size); err != nil {
+		return 0, tlog.Hash{}, fmt.Errorf("store: audit head: %w", err)
+	}
+	h, err := tlog.TreeHash(size, s.hashReader(ctx))
+	if err != nil {
+		return 0, tlog.Hash{}, fmt.Errorf("store: audit tree: %w", err)
+	}
+	return size, h, nil
+}
+
+func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
+	return tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		if len(idx) == 0 {
+			return nil, nil
+		}
+		return s.readHashes(ctx, s.db, idx)
+	})
+}
+
+// Prove returns the inclusion proof of entry n in the tree of size t.
+func (s *Store) Prove(ctx context.Context, t, n int64) (tlog.RecordProof, error) {
+	p, err := tlog.ProveRecord(t, n, s.hashReader(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("store: audit proof of %d in %d: %w", n, t, err)
+	}
+	return p, nil
+}
+
+// Entries returns the log entries with indexes in [start, end), in order.
+func (s *Store) Entries(ctx context.Context, start, end int64) ([][]byte, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, data FROM audit_entries WHERE idx >= ? AND idx < ? ORDER BY idx`), start, end)
+	if err != nil {
+		return nil, fmt.Errorf("store: audit entries: %w", err)
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var x int64
+		var b []byte
+		if err := rows.Scan(&x, &b); err != nil {
+			return nil, err
+		}
+		if x != start+int64(len(out)) {
+			return nil, fmt.Errorf("store: audit entry %d missing", start+int64(len(out)))
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// ReleaseLeases drops every lease. Only for a single-node store at start
+// (SQLite, whose file the caller holds locked): leases left by a process
+// that died are void, so its items are signed now rather than after the
+// lease would have expired.
+func (s *Store) ReleaseLeases(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, s.q(`UPDATE items SET lease_owner = NULL, lease_until = NULL WHERE state = ? AND lease_owner IS NOT NULL`), StatePending)
+	if err != nil {
+		return fmt.Errorf("store: releasing leases: %w", err)
+	}
+	return nil
+}
