@@ -52,6 +52,10 @@ type image struct {
 	base      *File
 	secs      []*outSection
 	timestamp uint32
+	// dropped is the memory size of the base sections left out, taken
+	// back out of SizeOfInitializedData (which ukify grows by every section
+	// it adds) so that re-adding them gives the same header.
+	dropped int64
 }
 
 // newImage starts from the first keep sections of base.
@@ -59,6 +63,9 @@ func newImage(base *File, keep int) *image {
 	im := &image{base: base, timestamp: base.TimeDateStamp}
 	for _, s := range base.Sections[:keep] {
 		im.secs = append(im.secs, &outSection{Section: *s, src: io.NewSectionReader(base.r, int64(s.PointerToRawData), int64(s.SizeOfRawData)), srcLen: int64(s.SizeOfRawData)})
+	}
+	for _, s := range base.Sections[keep:] {
+		im.dropped += s.Size()
 	}
 	return im
 }
@@ -168,7 +175,7 @@ func (im *image) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	next = alignUp(next, int64(b.FileAlignment))
-	var initData int64 = int64(b.SizeOfInitializedData)
+	initData := max(int64(b.SizeOfInitializedData)-im.dropped, 0)
 	var imageEnd int64
 	for _, s := range im.secs {
 		if s.added {

@@ -84,6 +84,9 @@ func NewPlan(stub *File, parts []Part, profiles [][]Part) (*Plan, error) {
 	for n := range byName {
 		return nil, fmt.Errorf("section %s: not a UKI section signet places", n)
 	}
+	if (hasProfile || len(profiles) > 0) && rel.Major < SinceRelease(measure.Profile) {
+		return nil, fmt.Errorf("systemd-stub %s does not support profiles (%d and later do)", rel.Version, SinceRelease(measure.Profile))
+	}
 	if hasProfile || len(profiles) > 0 {
 		// The base ends before the first .profile, so the kernel, shared
 		// by every profile, goes before it.
