@@ -231,4 +231,3 @@ func TestTPMUnsealsWithPCRSig(t *testing.T) {
 		})
 	}
 }
-
