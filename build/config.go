@@ -1,0 +1,308 @@
+package build
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"signet.dev/keys"
+	"signet.dev/manifest"
+)
+
+// Config is a declarative image description (TOML). Paths are relative to
+// the configuration file's directory; outputs are file names in the build
+// directory.
+type Config struct {
+	// Name labels the build in requests.
+	Name string `toml:"name"`
+	// Directory is the build directory (default "build").
+	Directory string `toml:"directory"`
+
+	Keys     map[string]*KeyConfig `toml:"keys"`
+	UKIs     []*UKIConfig          `toml:"uki"`
+	Images   []*ImageConfig        `toml:"image"`
+	Manifest *ManifestConfig       `toml:"manifest"`
+	IPE      *IPEConfig            `toml:"ipe"`
+
+	dir    string   // directory of the configuration file
+	digest [32]byte // SHA-256 of the configuration file
+}
+
+// Offline is the key reference of a key that only signs through requests.
+const Offline = "offline"
+
+// KeyConfig names a signing key.
+type KeyConfig struct {
+	// Certificate is a PEM/DER file or a pkcs11: URI.
+	Certificate string `toml:"certificate"`
+	// Key is a PEM private key file, a pkcs11: URI, or "offline".
+	Key string `toml:"key"`
+	// Source is the key's source for keys.Open ("file" or
+	// "provider:pkcs11"); a pkcs11: Key selects PKCS#11 anyway.
+	Source string `toml:"source"`
+	// OpenPGPPublicKey is an exported OpenPGP public key of this key
+	// (optional); signet verify gives it to gpg.
+	OpenPGPPublicKey string `toml:"openpgp-public-key"`
+}
+
+// UKIConfig describes one unified kernel image.
+type UKIConfig struct {
+	Output    string `toml:"output"`
+	Stub      string `toml:"stub"`
+	Linux     string `toml:"linux"`
+	Initrd    string `toml:"initrd"`
+	OSRelease string `toml:"os-release"`
+	Cmdline   string `toml:"cmdline"`
+	// VerityImage names an [[image]] (by output) whose root or usr verity
+	// root hash is appended to the command line as roothash= or usrhash=.
+	VerityImage string `toml:"verity-image"`
+	// SecureBootKey signs the UKI (Authenticode); empty leaves it unsigned.
+	SecureBootKey string `toml:"secure-boot-key"`
+	// PCRKey signs the PCR 11 policies into .pcrsig and is embedded as
+	// .pcrpkey; empty means no PCR signing.
+	PCRKey   string   `toml:"pcr-key"`
+	PCRBanks []string `toml:"pcr-banks"` // default sha256
+	Phases   []string `toml:"phases"`    // default systemd-measure's four
+}
+
+// ImageConfig describes a disk image built from repart.d definitions.
+type ImageConfig struct {
+	Output      string `toml:"output"`
+	Definitions string `toml:"definitions"`
+	// Seed derives the image's UUIDs and verity salts (repart --seed=);
+	// default derived from the output name.
+	Seed string `toml:"seed"`
+	// VerityKey signs the verity root hashes.
+	VerityKey string `toml:"verity-key"`
+}
+
+// ManifestConfig describes the SHA256SUMS over every other output.
+type ManifestConfig struct {
+	Output     string `toml:"output"` // default SHA256SUMS
+	OpenPGPKey string `toml:"openpgp-key"`
+	PKCS7Key   string `toml:"pkcs7-key"`
+}
+
+// IPEConfig describes an IPE policy to sign (attached PKCS#7, no
+// attributes).
+type IPEConfig struct {
+	Policy string `toml:"policy"`
+	Output string `toml:"output"` // default <policy base name>.p7b
+	Key    string `toml:"key"`
+}
+
+// LoadConfig reads and checks a configuration file. Unknown keys are errors.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var names []string
+		for _, k := range und {
+			names = append(names, k.String())
+		}
+		return nil, fmt.Errorf("%s: unknown key(s) %s", path, strings.Join(names, ", "))
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	c.dir = filepath.Dir(abs)
+	c.digest = sha256.Sum256(data)
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Path resolves a configuration path against the configuration's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || strings.HasPrefix(p, "pkcs11:") {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// BuildDir is the build directory the configuration names.
+func (c *Config) BuildDir() string {
+	if c.Directory == "" {
+		return c.Path("build")
+	}
+	return c.Path(c.Directory)
+}
+
+func (c *Config) check() error {
+	if c.Name == "" {
+		c.Name = "image"
+	}
+	outputs := map[string]bool{}
+	output := func(what, name string) error {
+		if name == "" {
+			return fmt.Errorf("%s: no output given", what)
+		}
+		if err := manifest.ValidName(name); err != nil || strings.HasPrefix(name, "round-") || name == stateFile || name == workDir {
+			return fmt.Errorf("%s: output %q is not a plain file name signet may use", what, name)
+		}
+		if outputs[name] {
+			return fmt.Errorf("%s: output %q is used twice", what, name)
+		}
+		outputs[name] = true
+		return nil
+	}
+	key := func(what, name string) error {
+		if name == "" {
+			return nil
+		}
+		k := c.Keys[name]
+		if k == nil {
+			return fmt.Errorf("%s: no [keys.%s]", what, name)
+		}
+		return nil
+	}
+	for name, k := range c.Keys {
+		if k.Certificate == "" || k.Key == "" {
+			return fmt.Errorf("[keys.%s]: certificate and key are required (key = \"offline\" for offline signing)", name)
+		}
+		if strings.ContainsAny(name, "=,/ ") {
+			return fmt.Errorf("[keys.%s]: key names may not contain '=', ',', '/' or space", name)
+		}
+	}
+	images := map[string]*ImageConfig{}
+	for i, im := range c.Images {
+		what := fmt.Sprintf("[[image]] %d", i+1)
+		if err := output(what, im.Output); err != nil {
+			return err
+		}
+		if im.Definitions == "" {
+			return fmt.Errorf("%s: no definitions directory", what)
+		}
+		if err := key(what, im.VerityKey); err != nil {
+			return err
+		}
+		images[im.Output] = im
+	}
+	for i, u := range c.UKIs {
+		what := fmt.Sprintf("[[uki]] %d", i+1)
+		if err := output(what, u.Output); err != nil {
+			return err
+		}
+		if u.Stub == "" || u.Linux == "" {
+			return fmt.Errorf("%s: stub and linux are required", what)
+		}
+		for _, k := range []string{u.SecureBootKey, u.PCRKey} {
+			if err := key(what, k); err != nil {
+				return err
+			}
+		}
+		if u.VerityImage != "" && images[u.VerityImage] == nil {
+			return fmt.Errorf("%s: verity-image %q is no [[image]] output", what, u.VerityImage)
+		}
+	}
+	if c.IPE != nil {
+		if c.IPE.Policy == "" || c.IPE.Key == "" {
+			return errors.New("[ipe]: policy and key are required")
+		}
+		if c.IPE.Output == "" {
+			c.IPE.Output = strings.TrimSuffix(filepath.Base(c.IPE.Policy), filepath.Ext(c.IPE.Policy)) + ".p7b"
+		}
+		if err := output("[ipe]", c.IPE.Output); err != nil {
+			return err
+		}
+		if err := key("[ipe]", c.IPE.Key); err != nil {
+			return err
+		}
+	}
+	if m := c.Manifest; m != nil {
+		if m.Output == "" {
+			m.Output = "SHA256SUMS"
+		}
+		if err := output("[manifest]", m.Output); err != nil {
+			return err
+		}
+		for _, suffix := range []string{".gpg", ".p7s"} {
+			if err := output("[manifest]", m.Output+suffix); err != nil {
+				return err
+			}
+		}
+		for _, k := range []string{m.OpenPGPKey, m.PKCS7Key} {
+			if err := key("[manifest]", k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// KeyNames lists the configured key names, sorted.
+func (c *Config) KeyNames() []string {
+	var out []string
+	for n := range c.Keys {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Certificate loads the certificate of a key name.
+func (c *Config) Certificate(name string) (*x509.Certificate, []*x509.Certificate, error) {
+	k := c.Keys[name]
+	if k == nil {
+		return nil, nil, fmt.Errorf("no key %q in the configuration", name)
+	}
+	ref := c.Path(k.Certificate)
+	if strings.HasPrefix(ref, "pkcs11:") {
+		cert, err := keys.PKCS11Certificate(ref)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key %s: certificate: %w", name, err)
+		}
+		if cert == nil {
+			return nil, nil, fmt.Errorf("key %s: certificate %s: not on the token", name, ref)
+		}
+		return cert, nil, nil
+	}
+	certs, err := keys.LoadCertificates(ref)
+	if err != nil {
+		return nil, nil, fmt.Errorf("key %s: certificate %s: %w", name, ref, err)
+	}
+	return certs[0], certs[1:], nil
+}
+
+// SetKeys makes the named keys online with the given references (PEM files
+// or pkcs11: URIs), as `signet build --key NAME=KEY` does. It does not
+// change the configuration's digest: signatures are checked against the
+// configured certificates whatever key makes them.
+func (c *Config) SetKeys(refs map[string]string) error {
+	for name, ref := range refs {
+		k := c.Keys[name]
+		if k == nil {
+			return fmt.Errorf("--key %s: no [keys.%s] in the configuration", name, name)
+		}
+		if ref == Offline {
+			k.Key = Offline
+			continue
+		}
+		abs := ref
+		if !strings.HasPrefix(ref, "pkcs11:") {
+			var err error
+			if abs, err = filepath.Abs(ref); err != nil {
+				return err
+			}
+		}
+		k.Key, k.Source = abs, ""
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"signet.dev/build"
+)
+
+// exitPending is the status of a build that waits for offline signatures
+// (EX_TEMPFAIL: try again later, with the response).
+const exitPending = 75
+
+func init() { commands = append(commands, newBuildCmd) }
+
+func newBuildCmd() *cobra.Command {
+	var resume, dir string
+	var keyVals []string
+	cmd := &cobra.Command{
+		Use:   "build CONFIG [--resume=RESPONSE] [--dir=BUILD-DIR] [--key NAME=KEY]...",
+		Short: "Build and sign an image in rounds (offline keys) or in one go",
+		Long: `Runs the image build CONFIG describes (see docs/build.md). Signatures by
+online keys are made on the spot. When a signature needs an offline key, the
+build writes round-N.request.json into the build directory and exits with
+status 75; sign it (signet request sign, or OBS) and run again with
+--resume=RESPONSE. --key NAME=KEY makes key NAME online for this run (a PEM
+file or a pkcs11: URI), whatever the configuration says.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := build.LoadConfig(args[0])
+			if err != nil {
+				return err
+			}
+			overrides, err := namedValues("key", keyVals)
+			if err != nil {
+				return err
+			}
+			if err := c.SetKeys(overrides); err != nil {
+				return err
+			}
+			o := build.Options{Dir: dir, Log: cmd.ErrOrStderr()}
+			if resume != "" {
+				if o.Response, err = os.ReadFile(resume); err != nil {
+					return err
+				}
+			}
+			res, err := build.Run(c, o)
+			if err != nil {
+				return err
+			}
+			if res.Done {
+				fmt.Fprintf(cmd.ErrOrStderr(), "build complete in %s\n", res.Dir)
+				return nil
+			}
+			return &exitError{code: exitPending, err: fmt.Errorf(
+				"round %d needs %d offline signatures (keys %s): sign %s (signet request sign, or signet request export --obs), then run: signet build %s --resume=RESPONSE",
+				res.Round, res.Items, strings.Join(res.Keys, ", "), res.Request, args[0])}
+		},
+	}
+	cmd.Flags().StringVar(&resume, "resume", "", "response to the pending request")
+	cmd.Flags().StringVar(&dir, "dir", "", "build directory (default: the configuration's)")
+	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: sign with key NAME online (PEM file or pkcs11: URI)")
+	return cmd
+}
