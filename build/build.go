@@ -377,5 +377,7 @@ func (p *pass) run() error {
 // buildTime is the build's fixed time.
 func (p *pass) buildTime() time.Time { return time.Unix(p.st.Time, 0).UTC() }
 
-func (p *pass) out(name string) string  { return filepath.Join(p.dir, name) }
-func (p *pass) work(name string) string { return filepath.Join(p.dir, workDir, strings.ReplaceAll(name, "/", "_")) }
+func (p *pass) out(name string) string { return filepath.Join(p.dir, name) }
+func (p *pass) work(name string) string {
+	return filepath.Join(p.dir, workDir, strings.ReplaceAll(name, "/", "_"))
+}
