@@ -1,0 +1,216 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"signet.dev/server/audit"
+	"signet.dev/server/internal/pgtest"
+)
+
+// Both databases pass the same tests; PostgreSQL runs in one throwaway
+// cluster.
+func TestStore(t *testing.T) {
+	open := map[string]func(t *testing.T) *Store{
+		"sqlite": func(t *testing.T) *Store {
+			s, err := Open(context.Background(), "sqlite", filepath.Join(t.TempDir(), "db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+	}
+	var pg *pgtest.Cluster
+	open["postgres"] = func(t *testing.T) *Store {
+		s, err := Open(context.Background(), "postgres", pg.NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	pg = pgtest.Start(t)
+	for _, db := range []string{"sqlite", "postgres"} {
+		t.Run(db+"/lifecycle", func(t *testing.T) { testLifecycle(t, open[db](t)) })
+		t.Run(db+"/concurrent-claims", func(t *testing.T) { testConcurrentClaims(t, open[db](t), db == "postgres") })
+	}
+}
+
+func submit(t *testing.T, s *Store, id string, n int, state string) {
+	t.Helper()
+	r := &Request{ID: id, Client: "ci", Body: []byte("{}"), Created: time.Now()}
+	for i := range n {
+		r.Items = append(r.Items, Item{Seq: i, ID: fmt.Sprintf("item%d", i), Key: "k", Kind: "verity-roothash", Hash: "sha256", TBS: []byte{byte(i)}, State: state})
+	}
+	created, err := s.Submit(context.Background(), r, &audit.Entry{Type: audit.TypeSubmit, Client: "ci", Request: id, Items: n})
+	if err != nil || !created {
+		t.Fatalf("submit %s: %v %v", id, created, err)
+	}
+}
+
+func signAll(cs []Claim) []Signed {
+	var out []Signed
+	for _, c := range cs {
+		out = append(out, Signed{Claim: c, Signature: []byte("sig-" + c.ID), Entry: &audit.Entry{Type: audit.TypeSign, Client: c.Client, Request: c.Request, Item: c.ID}})
+	}
+	return out
+}
+
+// checkLog verifies the stored log against its own tree head.
+func checkLog(t *testing.T, s *Store) *audit.Report {
+	t.Helper()
+	ctx := context.Background()
+	size, root, err := s.Tree(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := s.Entries(ctx, 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	for _, e := range ents {
+		log.Write(e)
+		log.WriteByte('\n')
+	}
+	rep, err := audit.VerifyLog(&log, audit.Checkpoint{Origin: "x", Size: size, Hash: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := int64(0); i < size; i++ {
+		p, err := s.Prove(ctx, size, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr := audit.Proof{Index: i, Entry: string(ents[i]), Proof: p}
+		if err := pr.Check(audit.Checkpoint{Size: size, Hash: root}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return rep
+}
+
+func testLifecycle(t *testing.T, s *Store) {
+	ctx := context.Background()
+	id := "aa"
+	submit(t, s, id, 3, StatePending)
+	// Idempotent.
+	created, err := s.Submit(ctx, &Request{ID: id, Client: "ci", Body: []byte("{}"), Created: time.Now()}, &audit.Entry{Type: audit.TypeSubmit})
+	if err != nil || created {
+		t.Fatalf("second submit: %v %v", created, err)
+	}
+	// A worker claims with a short lease and dies; after the lease another
+	// claims the items; the dead worker's late commit is dropped.
+	dead, err := s.Claim(ctx, "dead", 50*time.Millisecond, 10)
+	if err != nil || len(dead) != 3 {
+		t.Fatalf("claim: %d %v", len(dead), err)
+	}
+	if again, _ := s.Claim(ctx, "other", time.Minute, 10); len(again) != 0 {
+		t.Fatalf("leased items claimed again: %d", len(again))
+	}
+	time.Sleep(80 * time.Millisecond)
+	live, err := s.Claim(ctx, "live", time.Minute, 10)
+	if err != nil || len(live) != 3 {
+		t.Fatalf("re-claim after lease expiry: %d %v", len(live), err)
+	}
+	if n, err := s.Complete(ctx, signAll(dead)); err != nil || n != 0 {
+		t.Fatalf("expired claim stored %d signatures (%v)", n, err)
+	}
+	if n, err := s.Complete(ctx, signAll(live)); err != nil || n != 3 {
+		t.Fatalf("stored %d signatures (%v), want 3", n, err)
+	}
+	if n, _ := s.Complete(ctx, signAll(live)); n != 0 {
+		t.Fatalf("stored a signature twice")
+	}
+	r, err := s.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range r.Items {
+		if it.State != StateSigned || string(it.Signature) != "sig-"+it.ID || it.AuditIndex < 1 {
+			t.Fatalf("item %+v", it)
+		}
+	}
+	// Approvals release items in the same transaction.
+	submit(t, s, "bb", 2, StateApproval)
+	if c, _ := s.Claim(ctx, "w", time.Minute, 10); len(c) != 0 {
+		t.Fatal("items waiting for approval were claimed")
+	}
+	for _, who := range []string{"alice", "alice", "bob"} {
+		_, err := s.Approve(ctx, "bb", who, &audit.Entry{Type: audit.TypeApprove, Client: who, Request: "bb"}, func(r *Request) []int {
+			if len(r.Approvers) >= 2 {
+				return []int{0, 1}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, _ := s.Claim(ctx, "w", time.Minute, 10); len(c) != 2 {
+		t.Fatalf("%d items released, want 2", len(c))
+	}
+	if _, err := s.Request(ctx, "nope"); err != ErrNotFound {
+		t.Fatalf("unknown request: %v", err)
+	}
+	rep := checkLog(t, s)
+	// 2 submits, 3 signs, 2 approvals (alice twice is once).
+	if rep.Entries != 7 || rep.Types[audit.TypeApprove] != 2 {
+		t.Fatalf("log %+v", rep)
+	}
+}
+
+// Workers claiming at once never get the same item, and every item is
+// stored once.
+func testConcurrentClaims(t *testing.T, s *Store, pg bool) {
+	ctx := context.Background()
+	for i := range 10 {
+		submit(t, s, fmt.Sprintf("r%02d", i), 20, StatePending)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				cs, err := s.Claim(ctx, fmt.Sprintf("w%d", w), time.Minute, 7)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(cs) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, c := range cs {
+					seen[c.Request+"/"+c.ID]++
+				}
+				mu.Unlock()
+				if _, err := s.Complete(ctx, signAll(cs)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != 200 {
+		t.Fatalf("%d items claimed, want 200", len(seen))
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s claimed %d times", k, n)
+		}
+	}
+	if rep := checkLog(t, s); rep.Signed != 200 {
+		t.Fatalf("%d signed in the log", rep.Signed)
+	}
+}
