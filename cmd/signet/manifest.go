@@ -160,9 +160,12 @@ Prepare and join must see the same SOURCE_DATE_EPOCH (or --time=).`,
 				if err != nil {
 					return err
 				}
-				when, err := signatureTime(sigTime)
-				if err != nil {
-					return err
+				when, terr := signatureTime(sigTime)
+				if terr != nil {
+					if signer != nil {
+						signer.Close()
+					}
+					return terr
 				}
 				p, err = manifest.PrepareOpenPGP(data, key, when)
 			} else {
