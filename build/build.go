@@ -282,6 +282,17 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 		}
 		p.keys[name] = k
 		st.Certificates[name] = cert.Raw
+		if kc.OpenPGPPublicKey != "" {
+			ring, err := os.ReadFile(c.Path(kc.OpenPGPPublicKey))
+			if err != nil {
+				p.close()
+				return nil, fmt.Errorf("key %s: %w", name, err)
+			}
+			if st.OpenPGPKeys == nil {
+				st.OpenPGPKeys = map[string][]byte{}
+			}
+			st.OpenPGPKeys[name] = ring
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(dir, workDir), 0o755); err != nil {
 		return nil, err

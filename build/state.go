@@ -44,6 +44,8 @@ type State struct {
 	// Certificates are the DER certificates of the key names used, so
 	// signet verify needs only the build directory.
 	Certificates map[string][]byte `json:"certificates,omitempty"`
+	// OpenPGPKeys are the configured OpenPGP public keys by key name.
+	OpenPGPKeys map[string][]byte `json:"openpgpKeys,omitempty"`
 }
 
 // PendingRequest is a request written and not yet answered.
@@ -70,6 +72,9 @@ type Output struct {
 	// Keys name the keys whose signatures the file carries, by role:
 	// "secure-boot", "pcr", "verity", "signer".
 	Keys map[string]string `json:"keys,omitempty"`
+	// Banks and Phases are a UKI's signed PCR banks and phase paths.
+	Banks  []string `json:"banks,omitempty"`
+	Phases []string `json:"phases,omitempty"`
 }
 
 // ErrNoState is returned when a directory holds no build state.

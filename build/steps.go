@@ -226,6 +226,7 @@ func (p *pass) uki(u *UKIConfig) error {
 	}
 	plan.Timestamp = uint32(p.st.Time)
 	keysUsed := map[string]string{}
+	output := Output{File: u.Output, Kind: "uki", Keys: keysUsed}
 
 	var pcrsigs []*measure.PCRSig
 	if pcrKey != nil {
@@ -238,6 +239,10 @@ func (p *pass) uki(u *UKIConfig) error {
 		if err != nil {
 			return err
 		}
+		for _, b := range banks {
+			output.Banks = append(output.Banks, b.Name)
+		}
+		output.Phases = phases
 		contexts, err := plan.Prepare(phases, banks, pcrKey.cert.PublicKey)
 		if err != nil {
 			return err
@@ -303,7 +308,7 @@ func (p *pass) uki(u *UKIConfig) error {
 			return err
 		}
 		p.logf("uki %s: done (not Secure Boot signed)", u.Output)
-		p.outputs = append(p.outputs, Output{File: u.Output, Kind: "uki", Keys: keysUsed})
+		p.outputs = append(p.outputs, output)
 		return nil
 	}
 	keysUsed["secure-boot"] = u.SecureBootKey
@@ -355,7 +360,7 @@ func (p *pass) uki(u *UKIConfig) error {
 		return err
 	}
 	p.logf("uki %s: done", u.Output)
-	p.outputs = append(p.outputs, Output{File: u.Output, Kind: "uki", Keys: keysUsed})
+	p.outputs = append(p.outputs, output)
 	return nil
 }
 
