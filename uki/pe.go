@@ -80,6 +80,10 @@ const (
 	sectionHeaderSize       = 40
 	maxSections             = 96 // the PE/COFF limit Windows' loader enforces
 	peSignatureOffsetOffset = 0x3c
+	// maxZeroFill bounds the uninitialized tail a section may claim: UKI
+	// sections carry their data, and hashing gigabytes of zeros for a
+	// hostile header would be a denial of service.
+	maxZeroFill = 64 << 20
 )
 
 // Size is the section's size in memory: VirtualSize (what the stub
@@ -256,6 +260,9 @@ func Parse(r io.ReaderAt, size int64) (*File, error) {
 		}
 		if s.SizeOfRawData > 0 && int64(s.PointerToRawData)+int64(s.SizeOfRawData) > size {
 			return nil, formatErr("section %d (%q) raw data %#x+%#x runs past the end of the file (%#x)", i, s.Name, s.PointerToRawData, s.SizeOfRawData, size)
+		}
+		if int64(s.VirtualSize) > int64(s.SizeOfRawData)+maxZeroFill {
+			return nil, formatErr("section %d (%q) claims %d bytes in memory for %d bytes of data", i, s.Name, s.VirtualSize, s.SizeOfRawData)
 		}
 		if uint64(s.VirtualAddress)+uint64(s.Size()) > 1<<32 {
 			return nil, formatErr("section %d (%q) overflows the address space", i, s.Name)

@@ -391,9 +391,10 @@ func FuzzParse(f *testing.F) {
 			uki.MeasuredInputs(p.Sections, 258)
 		}
 		for _, s := range u.Sections {
-			if s.Size() < 1<<20 {
-				s.Data()
+			if s.Size() > 1<<20 {
+				return // fine, but slow to hash in a fuzz loop
 			}
+			s.Data()
 		}
 		uki.Inspect(bytes.NewReader(data), int64(len(data)), []string{"enter-initrd"}, []measure.Bank{measure.SHA256})
 	})
