@@ -1,0 +1,343 @@
+package build
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"signet.dev/internal/testenv"
+	"signet.dev/internal/testkeys"
+	"signet.dev/keys"
+	"signet.dev/openpgp"
+	"signet.dev/request"
+	"signet.dev/request/check"
+)
+
+// example copies examples/image into a temporary directory, makes its
+// inputs with make-inputs and its keys with testkeys, imports the private
+// keys into SoftHSM, and returns the config path and each key's pkcs11 URI.
+func example(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "image")
+	out, err := exec.Command("cp", "-r", "../examples/image", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	os.RemoveAll(filepath.Join(dir, "gen"))
+	os.RemoveAll(filepath.Join(dir, "build"))
+	os.MkdirAll(filepath.Join(dir, "gen", "keys"), 0o755)
+	hsm := testkeys.NewSoftHSM(t)
+	uris := map[string]string{}
+	// RSA throughout: its signatures are deterministic, so online and
+	// offline builds can be compared byte for byte (ECDSA ones cannot).
+	kinds := map[string]testkeys.Kind{"db": testkeys.RSA2048, "pcr": testkeys.RSA3072, "verity": testkeys.RSA4096, "release": testkeys.RSA2048}
+	for name, kind := range kinds {
+		k := testkeys.Generate(t, kind)
+		data, _ := os.ReadFile(k.CertPath)
+		os.WriteFile(filepath.Join(dir, "gen", "keys", name+".crt"), data, 0o644)
+		uris[name] = hsm.Import(t, k, "build-"+name+"-"+string(kind))
+		if name == "release" {
+			okey, err := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ring, err := openpgp.ExportPublicKey(k.Signer, okey, "signet test release")
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(dir, "gen", "keys", "release.pgp"), ring, 0o644)
+		}
+	}
+	testenv.Tool(t, "mkfs.erofs")
+	if out, err := exec.Command(filepath.Join(dir, "make-inputs")).CombinedOutput(); err != nil {
+		t.Fatalf("make-inputs: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "image.toml"), uris
+}
+
+// signRound signs a build's request with the SoftHSM keys, as
+// `signet request sign` does.
+func signRound(t *testing.T, path string, uris map[string]string, c *Config) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := request.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]request.Key{}
+	for name, uri := range uris {
+		s, err := keys.Open("", uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cert, _, err := c.Certificate(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		named[name] = request.Key{Signer: s, Certificate: cert}
+	}
+	resp, err := request.Sign(req, named, check.Item)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := resp.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func snapshot(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	m := map[string][]byte{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			m[e.Name()], _ = os.ReadFile(filepath.Join(dir, e.Name()))
+		}
+	}
+	return m
+}
+
+func sameSnapshot(t *testing.T, what string, a, b map[string][]byte) {
+	t.Helper()
+	if len(a) != len(b) {
+		t.Fatalf("%s: files changed: %d before, %d after", what, len(a), len(b))
+	}
+	for name, data := range a {
+		if !bytes.Equal(data, b[name]) {
+			t.Fatalf("%s: %s changed", what, name)
+		}
+	}
+}
+
+var outputs = []string{"example.efi", "example.raw", "example.p7b", "SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.p7s"}
+
+// TestOfflineRoundsAndOnline is the whole story: the example image built
+// offline in exactly three rounds with SoftHSM keys (moving the build
+// directory to another path between rounds), every refusal leaving the
+// directory untouched, every output accepted by the real peers, and an
+// online build with the same keys giving the same bytes.
+func TestOfflineRoundsAndOnline(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	cfgPath, uris := example(t)
+	c, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "first")
+
+	res, err := Run(c, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var responses [][]byte
+	wantKinds := []map[request.Kind]int{
+		{request.KindPCRPolicy: 4, request.KindVerityRootHash: 1, request.KindIPEPolicy: 1},
+		{request.KindAuthenticode: 1},
+		{request.KindManifestOpenPGP: 1, request.KindManifestPKCS7: 1},
+	}
+	for round := 1; ; round++ {
+		if res.Done {
+			if round != 4 {
+				t.Fatalf("build finished after %d rounds, want 3", round-1)
+			}
+			break
+		}
+		if res.Round != round || round > 3 {
+			t.Fatalf("round %d: got request for round %d", round, res.Round)
+		}
+		data, _ := os.ReadFile(res.Request)
+		req, err := request.Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := map[request.Kind]int{}
+		for _, it := range req.Items {
+			kinds[it.Kind]++
+		}
+		for k, n := range wantKinds[round-1] {
+			if kinds[k] != n || len(kinds) != len(wantKinds[round-1]) {
+				t.Fatalf("round %d: items %v, want %v", round, kinds, wantKinds[round-1])
+			}
+		}
+		resp := signRound(t, res.Request, uris, c)
+		responses = append(responses, resp)
+
+		// The machine goes away: the build continues from a copy of the
+		// directory at another path.
+		moved := filepath.Join(t.TempDir(), "moved")
+		if out, err := exec.Command("cp", "-a", dir, moved).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		os.RemoveAll(dir)
+		dir = moved
+
+		before := snapshot(t, dir)
+		// A plain run while waiting is refused.
+		if _, err := Run(c, Options{Dir: dir}); !errors.Is(err, ErrWaiting) {
+			t.Fatalf("plain run while waiting: %v", err)
+		}
+		// A corrupted signature is refused before anything is written.
+		bad, _ := request.ParseResponse(resp)
+		bad.Items[0].Signature[10] ^= 0x40
+		badData, _ := bad.Marshal()
+		if _, err := Run(c, Options{Dir: dir, Response: badData}); !errors.Is(err, request.ErrBadSignature) {
+			t.Fatalf("corrupted signature: %v", err)
+		}
+		sameSnapshot(t, "after a corrupted response", before, snapshot(t, dir))
+		// A response for another request (the previous round's) is refused.
+		if round > 1 {
+			if _, err := Run(c, Options{Dir: dir, Response: responses[round-2]}); !errors.Is(err, ErrAlreadyJoined) {
+				t.Fatalf("previous round's response: %v", err)
+			}
+			sameSnapshot(t, "after an old response", before, snapshot(t, dir))
+		}
+
+		if res, err = Run(c, Options{Dir: dir, Response: resp}); err != nil {
+			t.Fatalf("resume round %d: %v", round, err)
+		}
+		// Resuming twice is refused and changes nothing.
+		after := snapshot(t, dir)
+		if _, err := Run(c, Options{Dir: dir, Response: resp}); !errors.Is(err, ErrAlreadyJoined) {
+			t.Fatalf("resuming twice: %v", err)
+		}
+		sameSnapshot(t, "after resuming twice", after, snapshot(t, dir))
+	}
+
+	checks, err := Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := map[string]bool{}
+	for _, ch := range checks {
+		if ch.Err != nil {
+			t.Errorf("%s: %s [%s]: %v", ch.File, ch.What, ch.By, ch.Err)
+		}
+		peers[ch.By] = true
+	}
+	for _, p := range []string{"sbverify", "osslsigncode", "openssl", "veritysetup", "gpg", "sha256sum", "signet"} {
+		if !peers[p] {
+			t.Errorf("no check by %s", p)
+		}
+	}
+
+	// Online, in one go, with the same keys: the same bytes.
+	online := filepath.Join(t.TempDir(), "online")
+	c2, _ := LoadConfig(cfgPath)
+	if err := c2.SetKeys(uris); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Run(c2, Options{Dir: online})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Done {
+		t.Fatalf("online build stopped at round %d", res.Round)
+	}
+	for _, name := range outputs {
+		a, _ := os.ReadFile(filepath.Join(dir, name))
+		b, _ := os.ReadFile(filepath.Join(online, name))
+		if len(a) == 0 || !bytes.Equal(a, b) {
+			t.Errorf("%s: offline and online outputs differ", name)
+		}
+	}
+
+	// A tampered output fails verification.
+	efi := filepath.Join(online, "example.efi")
+	data, _ := os.ReadFile(efi)
+	data[len(data)/2] ^= 1
+	os.WriteFile(efi, data, 0o644)
+	checks, err = Verify(online)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := map[string]bool{}
+	for _, ch := range checks {
+		if ch.Err != nil {
+			failed[ch.File+" "+ch.By] = true
+		}
+	}
+	for _, want := range []string{"example.efi signet", "example.efi sbverify", "example.efi osslsigncode", "SHA256SUMS sha256sum"} {
+		if !failed[want] {
+			t.Errorf("tampered UKI: no failure from %s (failures: %v)", want, failed)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key":   "name = \"x\"\nbogus = 1\n",
+		"missing key":   "[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nsecure-boot-key = \"db\"\n",
+		"bad output":    "[[image]]\noutput = \"../x.raw\"\ndefinitions = \"d\"\n",
+		"dup output":    "[[image]]\noutput = \"x.raw\"\ndefinitions = \"d\"\n[[image]]\noutput = \"x.raw\"\ndefinitions = \"d\"\n",
+		"state output":  "[[image]]\noutput = \"state.json\"\ndefinitions = \"d\"\n",
+		"no cert":       "[keys.db]\nkey = \"offline\"\n",
+		"verity image":  "[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nverity-image = \"none.raw\"\n",
+		"not toml":      "[[uki]\n",
+		"ipe no policy": "[ipe]\nkey = \"k\"\n",
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
+		os.WriteFile(p, []byte(body), 0o644)
+		if _, err := LoadConfig(p); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: error does not name the file: %v", name, err)
+		}
+	}
+}
+
+func TestResumeWithoutState(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(p, []byte("name = \"empty\"\n"), 0o644)
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "b")
+	if _, err := Run(c, Options{Dir: dir, Response: []byte("{}")}); !errors.Is(err, ErrNoState) {
+		t.Fatalf("resume without state: %v", err)
+	}
+	// An empty build finishes at once; a changed configuration is refused.
+	if res, err := Run(c, Options{Dir: dir}); err != nil || !res.Done {
+		t.Fatalf("empty build: %v %v", res, err)
+	}
+	os.WriteFile(p, []byte("name = \"changed\"\n"), 0o644)
+	c2, _ := LoadConfig(p)
+	if _, err := Run(c2, Options{Dir: dir}); !errors.Is(err, ErrConfigChanged) {
+		t.Fatalf("changed config: %v", err)
+	}
+	_ = time.Now
+}
+
+func FuzzLoadState(f *testing.F) {
+	f.Add([]byte(`{"format":"signet.build-state/v1","config":"00","time":1,"answered":[],"signatures":{},"done":true,"outputs":[{"file":"a","kind":"uki"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, stateFile), data, 0o644)
+		if _, err := LoadState(dir); err != nil {
+			return
+		}
+		Verify(dir)
+	})
+}
+
+func FuzzLoadConfig(f *testing.F) {
+	data, _ := os.ReadFile("../examples/image/image.toml")
+	f.Add(data)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(p, data, 0o644)
+		LoadConfig(p)
+	})
+}
