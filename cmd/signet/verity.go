@@ -142,22 +142,11 @@ func newVerityFormatCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			out, err := atomicfile.Create(args[1], 0o600)
-			if err != nil {
-				return err
-			}
-			defer out.Close()
 			var done func()
 			p.Progress, done = progress("verity format " + args[0])
-			root, err := verity.Format(data, size, out.File, p)
+			root, err := formatTo(args[1], data, size, l, p)
 			done()
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if err := out.Truncate(l.HashDeviceSize); err != nil {
-				return err
-			}
-			if err := out.Commit(); err != nil {
 				return err
 			}
 			salt := hex.EncodeToString(p.Salt)
@@ -196,6 +185,39 @@ func newVerityFormatCmd() *cobra.Command {
 	v.register(c.Flags(), true)
 	c.Flags().BoolVar(&asJSON, "json", false, "print the facts as one JSON object")
 	return c
+}
+
+// formatTo writes the tree to a block device in place, or to a file
+// atomically.
+func formatTo(path string, data *os.File, size int64, l *verity.Layout, p verity.Params) ([]byte, error) {
+	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeDevice != 0 {
+		dev, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer dev.Close()
+		if n, err := dev.Seek(0, io.SeekEnd); err != nil || n < l.HashDeviceSize {
+			return nil, fmt.Errorf("%s: %w: the tree needs %d bytes", path, verity.ErrHashTooSmall, l.HashDeviceSize)
+		}
+		root, err := verity.Format(data, size, dev, p)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", data.Name(), err)
+		}
+		return root, dev.Sync()
+	}
+	out, err := atomicfile.Create(path, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	root, err := verity.Format(data, size, out.File, p)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", data.Name(), err)
+	}
+	if err := out.Truncate(l.HashDeviceSize); err != nil {
+		return nil, err
+	}
+	return root, out.Commit()
 }
 
 func newVerityVerifyCmd() *cobra.Command {
