@@ -34,57 +34,118 @@ func (f *File) digest(h crypto.Hash, pad bool) ([]byte, error) {
 		return nil, fmt.Errorf("authenticode: hash %v is not available", h)
 	}
 	d := h.New()
-	if err := f.hashRanges(d); err != nil {
+	if _, err := f.scan(d, false); err != nil {
 		return nil, err
 	}
+	return f.finish(d, pad), nil
+}
+
+// finish adds the padding to a hash of the ranges and returns the digest.
+func (f *File) finish(d hash.Hash, pad bool) []byte {
 	if r := f.dataEnd % 8; pad && r != 0 {
 		d.Write(make([]byte, 8-r))
 	}
-	return d.Sum(nil), nil
+	return d.Sum(nil)
 }
 
-// hashRanges streams the hashed extents into d. Reading runs one chunk ahead
-// of hashing on another goroutine, so the copy out of the page cache
-// overlaps the hash.
-func (f *File) hashRanges(d hash.Hash) error {
-	type chunk struct {
-		b   []byte
+// monotonic reports whether the hashed ranges follow each other in file
+// order without overlapping (always, unless sections leave gaps).
+func (f *File) monotonic() bool {
+	for i := 1; i < len(f.ranges); i++ {
+		if f.ranges[i][0] < f.ranges[i-1][1] {
+			return false
+		}
+	}
+	return true
+}
+
+// scan streams the hashed extents into d and, if wantSum, returns the plain
+// word sum of the whole file for the CheckSum. Reading (and summing) runs
+// on another goroutine, a few chunks ahead of hashing, so the file is read
+// once and the second core does everything but the hash.
+func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
+	// The sum rides along with the hash reads when those cover the file in
+	// order; the holes (CheckSum, the table entry, the certificate table)
+	// are summed at the end. Otherwise it takes its own pass.
+	inline := wantSum && f.monotonic()
+	type result struct {
+		sum uint64
 		err error
 	}
-	full := make(chan chunk, 1)
-	free := make(chan []byte, 2)
-	free <- make([]byte, chunkSize)
-	free <- make([]byte, chunkSize)
+	var sepSum chan result
+	if wantSum && !inline {
+		sepSum = make(chan result, 1)
+		go func() {
+			s, err := sumFile(f.r, f.size)
+			sepSum <- result{s, err}
+		}()
+	}
+	const nbuf = 3
+	full := make(chan []byte, nbuf)
+	free := make(chan []byte, nbuf)
+	for range nbuf {
+		free <- make([]byte, chunkSize)
+	}
 	stop := make(chan struct{})
-	defer close(stop)
+	readDone := make(chan result, 1)
 	go func() {
 		defer close(full)
+		var sum uint64
 		for _, rg := range f.ranges {
 			for off := rg[0]; off < rg[1]; {
 				var buf []byte
 				select {
 				case buf = <-free:
 				case <-stop:
+					readDone <- result{}
 					return
 				}
 				n := min(int64(len(buf)), rg[1]-off)
-				err := readFull(f.r, buf[:n], off)
-				full <- chunk{buf[:n], err}
-				if err != nil {
+				if err := readFull(f.r, buf[:n], off); err != nil {
+					readDone <- result{err: err}
 					return
 				}
+				if inline {
+					sum += wordSum(buf[:n], off)
+				}
+				full <- buf[:n]
 				off += n
 			}
 		}
+		readDone <- result{sum: sum}
 	}()
-	for c := range full {
-		if c.err != nil {
-			return c.err
-		}
-		d.Write(c.b)
-		free <- c.b[:cap(c.b)]
+	for b := range full {
+		d.Write(b)
+		free <- b[:cap(b)]
 	}
-	return nil
+	close(stop)
+	r := <-readDone
+	if r.err != nil {
+		return 0, r.err
+	}
+	sum := r.sum
+	switch {
+	case inline:
+		pos := int64(0)
+		holes := append(f.ranges[:len(f.ranges):len(f.ranges)], [2]int64{f.size, f.size})
+		for _, rg := range holes {
+			if rg[0] > pos {
+				s, err := sumRange(f.r, pos, rg[0])
+				if err != nil {
+					return 0, err
+				}
+				sum += s
+			}
+			pos = rg[1]
+		}
+	case wantSum:
+		r := <-sepSum
+		if r.err != nil {
+			return 0, r.err
+		}
+		sum = r.sum
+	}
+	return sum, nil
 }
 
 // Checksum computes the PE CheckSum of the image as it is (the optional
@@ -158,10 +219,15 @@ func wordSum(b []byte, off int64) uint64 {
 
 // sumFile returns the plain word sum of the first size bytes of r.
 func sumFile(r io.ReaderAt, size int64) (uint64, error) {
-	buf := make([]byte, chunkSize)
+	return sumRange(r, 0, size)
+}
+
+// sumRange returns the plain word sum of the bytes [start, end) of r.
+func sumRange(r io.ReaderAt, start, end int64) (uint64, error) {
+	buf := make([]byte, min(chunkSize, end-start))
 	var s uint64
-	for off := int64(0); off < size; {
-		n := min(int64(len(buf)), size-off)
+	for off := start; off < end; {
+		n := min(int64(len(buf)), end-off)
 		if err := readFull(r, buf[:n], off); err != nil {
 			return 0, err
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -321,43 +322,34 @@ const (
 )
 
 // emit writes f with one more WIN_CERTIFICATE holding the PKCS#7 that build
-// makes from f's SHA-256 Authenticode digest.
+// makes from f's SHA-256 Authenticode digest. The input is read once for
+// the digest and the CheckSum; when w is an io.WriterAt the copy runs at the
+// same time (in the kernel, copy_file_range, when both are files) and the
+// header fields are patched afterwards, else the copy follows with the
+// patched fields in place.
 func (f *File) emit(w io.Writer, build func(digest []byte) ([]byte, error)) error {
 	wa, canPatch := w.(io.WriterAt)
-	type copied struct {
-		sum uint64
-		err error
-	}
-	done := make(chan copied, 1)
+	copied := make(chan error, 1)
 	if canPatch {
-		// Copy (and sum for the CheckSum) on one core while hashing on
-		// the other; the header fields are patched in place afterwards.
-		go func() {
-			s, err := f.copyTo(w, nil)
-			done <- copied{s, err}
-		}()
-	} else {
-		go func() {
-			s, err := sumFile(f.r, f.size)
-			done <- copied{s, err}
-		}()
+		go func() { copied <- f.copyRaw(w) }()
 	}
-	digest, err := f.Digest(Hash)
+	d := Hash.New()
+	sum, err := f.scan(d, true)
 	var p7 []byte
 	if err == nil {
-		p7, err = build(digest)
+		p7, err = build(f.finish(d, true))
 	}
-	c := <-done
+	if canPatch {
+		if cerr := <-copied; err == nil {
+			err = cerr
+		}
+	}
 	if err != nil {
 		return err
 	}
-	if c.err != nil {
-		return c.err
-	}
-	tail, entry, checksum := f.layout(c.sum, p7)
+	tail, entry, checksum := f.layout(sum, p7)
 	if !canPatch {
-		patches := []patch{{f.certEntryOffset, entry}, {f.checksumOffset, checksum}}
-		if _, err := f.copyTo(w, patches); err != nil {
+		if err := f.copyTo(w, []patch{{f.certEntryOffset, entry}, {f.checksumOffset, checksum}}); err != nil {
 			return err
 		}
 		_, err = w.Write(tail)
@@ -371,6 +363,23 @@ func (f *File) emit(w io.Writer, build func(digest []byte) ([]byte, error)) erro
 	}
 	_, err = wa.WriteAt(checksum, f.checksumOffset)
 	return err
+}
+
+// copyRaw copies the input to w unchanged. From an *os.File to an
+// *os.File, io.Copy lets the kernel copy (copy_file_range), which leaves
+// this core free; it moves the input file's offset.
+func (f *File) copyRaw(w io.Writer) error {
+	if src, ok := f.r.(*os.File); ok {
+		if _, err := src.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		n, err := io.CopyN(w, src, f.size)
+		if err == io.EOF || (err == nil && n != f.size) {
+			err = fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
+		}
+		return err
+	}
+	return f.copyTo(w, nil)
 }
 
 // layout returns what signing appends to the file (padding to 8 bytes, then
@@ -415,18 +424,15 @@ type patch struct {
 	b   []byte
 }
 
-// copyTo copies the whole input to w, replacing the bytes at the patches,
-// and returns the plain word sum of the input (before patching).
-func (f *File) copyTo(w io.Writer, patches []patch) (uint64, error) {
+// copyTo copies the whole input to w, replacing the bytes at the patches.
+func (f *File) copyTo(w io.Writer, patches []patch) error {
 	buf := make([]byte, chunkSize)
-	var s uint64
 	for off := int64(0); off < f.size; {
 		n := min(int64(len(buf)), f.size-off)
 		b := buf[:n]
 		if err := readFull(f.r, b, off); err != nil {
-			return 0, err
+			return err
 		}
-		s += wordSum(b, off)
 		for _, p := range patches {
 			for i, c := range p.b {
 				if o := p.off + int64(i) - off; o >= 0 && o < n {
@@ -435,9 +441,9 @@ func (f *File) copyTo(w io.Writer, patches []patch) (uint64, error) {
 			}
 		}
 		if _, err := w.Write(b); err != nil {
-			return 0, err
+			return err
 		}
 		off += n
 	}
-	return s, nil
+	return nil
 }
