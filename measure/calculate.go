@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -209,9 +210,21 @@ func hashOf(h crypto.Hash, b []byte) []byte {
 }
 
 const (
-	chunkSize = 1 << 20
-	numChunks = 8
+	// A chunk is hashed by every bank while it is still in the core's L2.
+	chunkSize = 256 << 10
+	numChunks = 16
 )
+
+// cost is the relative CPU cost of a hash on amd64 (SHA-1 and SHA-256 have
+// SHA-NI; SHA-384/512 run about 2.5 times slower), used to spread the
+// banks over the cores.
+func cost(h crypto.Hash) int {
+	switch h {
+	case crypto.SHA384, crypto.SHA512:
+		return 5
+	}
+	return 2
+}
 
 type chunk struct {
 	input int
@@ -221,38 +234,61 @@ type chunk struct {
 }
 
 // digestInputs returns digests[input][bank]. One goroutine reads every
-// input once, in chunks, and hands each chunk to one hashing goroutine per
-// bank; a chunk's buffer is reused when every bank is done with it.
+// input once, in chunks, and hands each chunk to the hashing workers, one
+// per core, each owning a balanced share of the banks; a chunk's buffer is
+// reused when every worker is done with it.
 func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 	out := make([][][]byte, len(inputs))
 	for i := range out {
 		out[i] = make([][]byte, len(banks))
 	}
+	nw := min(runtime.GOMAXPROCS(0), len(banks))
+	groups := make([][]int, nw) // bank indexes per worker
+	load := make([]int, nw)
+	order := make([]int, len(banks))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cost(banks[b].Hash) - cost(banks[a].Hash) })
+	for _, bi := range order {
+		w := slices.Index(load, slices.Min(load))
+		groups[w] = append(groups[w], bi)
+		load[w] += cost(banks[bi].Hash)
+	}
+
 	free := make(chan *[]byte, numChunks)
 	for range numChunks {
 		b := make([]byte, chunkSize)
 		free <- &b
 	}
-	chans := make([]chan *chunk, len(banks))
+	chans := make([]chan *chunk, nw)
 	var wg sync.WaitGroup
-	for bi, b := range banks {
+	for w := range nw {
 		ch := make(chan *chunk, numChunks)
-		chans[bi] = ch
+		chans[w] = ch
+		hs := make([]hash.Hash, len(groups[w]))
+		for i, bi := range groups[w] {
+			hs[i] = banks[bi].Hash.New()
+		}
 		wg.Add(1)
-		go func(bi int, h hash.Hash) {
+		go func(group []int, hs []hash.Hash) {
 			defer wg.Done()
 			for c := range ch {
 				if c.data == nil {
-					out[c.input][bi] = h.Sum(nil)
-					h.Reset()
+					for i, bi := range group {
+						out[c.input][bi] = hs[i].Sum(nil)
+						hs[i].Reset()
+					}
 					continue
 				}
-				h.Write(c.data)
+				for _, h := range hs {
+					h.Write(c.data)
+				}
 				if c.refs.Add(-1) == 0 {
 					free <- c.buf
 				}
 			}
-		}(bi, b.Hash.New())
+		}(groups[w], hs)
 	}
 	var err error
 	for ii, in := range inputs {
@@ -276,7 +312,7 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 				break
 			}
 			c := &chunk{input: ii, data: (*buf)[:n], buf: buf}
-			c.refs.Store(int32(len(banks)))
+			c.refs.Store(int32(nw))
 			for _, ch := range chans {
 				ch <- c
 			}
