@@ -20,7 +20,7 @@ import (
 var (
 	ErrNotSigned      = errors.New("image has no Authenticode signature")
 	ErrNotSignedBy    = errors.New("no signature by the given certificate")
-	ErrDigestMismatch = errors.New("image does not match the digest its signature commits to (modified after signing)")
+	ErrDigestMismatch = errors.New("image was modified after signing: its Authenticode digest is not the one the signature commits to")
 )
 
 // maxCertificate bounds one WIN_CERTIFICATE so that a hostile table cannot

@@ -181,8 +181,11 @@ certificates.`,
 				fmt.Fprintf(out, "signature %d: %s\n", i+1, describeSignature(&s))
 			}
 			s, err := authenticode.Verify(f, certs)
-			if err != nil {
-				return fmt.Errorf("%s: %w (certificate %s)", args[0], err, certPath)
+			switch {
+			case errors.Is(err, authenticode.ErrNotSignedBy):
+				return fmt.Errorf("%s: no signature by the certificate in %s", args[0], certPath)
+			case err != nil:
+				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			for i := range sigs {
 				if sigs[i].Offset == s.Offset {
