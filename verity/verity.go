@@ -27,6 +27,7 @@ import (
 	"io"
 	"math/bits"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -311,6 +312,10 @@ func digest(h crypto.Hash, salt, blk []byte) []byte {
 	return d.Sum(nil)
 }
 
+// useMmap selects mapping data files instead of reading them (tests turn
+// it off to cover both paths).
+var useMmap = true
+
 // readChunk is how much source one worker reads at once: enough hash
 // blocks' worth of source to amortize the call, small enough to keep memory
 // flat (2 MiB for 4 KiB blocks and SHA-256).
@@ -338,6 +343,14 @@ func hashLevel(src io.ReaderAt, srcOff, srcBS, srcBlocks int64, dst ReadWriterAt
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A mapped file that shrinks under us faults: report it as an
+			// error instead of crashing.
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+			defer func() {
+				if r := recover(); r != nil {
+					fail(fmt.Errorf("verity: reading data: %v (did the file change?)", r))
+				}
+			}()
 			in := make([]byte, outPerChunk*perBlock*srcBS)
 			out := make([]byte, outPerChunk*hbs)
 			var stored []byte
@@ -358,7 +371,15 @@ func hashLevel(src io.ReaderAt, srcOff, srcBS, srcBlocks int64, dst ReadWriterAt
 				firstIn := firstOut * perBlock
 				nIn := min(nOut*perBlock, srcBlocks-firstIn)
 				buf := in[:nIn*srcBS]
-				if _, err := src.ReadAt(buf, srcOff+firstIn*srcBS); err != nil {
+				var unmap func()
+				if level == 0 && useMmap {
+					if m, um, ok := mapChunk(src, srcOff+firstIn*srcBS, len(buf)); ok {
+						buf, unmap = m, um
+					}
+				}
+				if unmap != nil {
+					// mapped: nothing to read
+				} else if _, err := src.ReadAt(buf, srcOff+firstIn*srcBS); err != nil {
 					if level == 0 {
 						fail(fmt.Errorf("verity: reading data at %d: %w", firstIn*srcBS, err))
 					} else {
@@ -374,6 +395,9 @@ func hashLevel(src io.ReaderAt, srcOff, srcBS, srcBlocks int64, dst ReadWriterAt
 					d.Write(buf[b*srcBS : (b+1)*srcBS])
 					pos := (b/perBlock)*hbs + (b%perBlock)*ds
 					d.Sum(o[pos:pos])
+				}
+				if unmap != nil {
+					unmap()
 				}
 				at := dstOff + firstOut*hbs
 				if check {

@@ -249,3 +249,21 @@ func FuzzSuperblock(f *testing.F) {
 		}
 	})
 }
+
+// TestReadPathMatchesMmap: the read(2) path gives the same tree as the
+// mapped path the other tests use.
+func TestReadPathMatchesMmap(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	os.WriteFile(data, pseudoRandom(4096*1000, 7), 0o644)
+	p := Params{Salt: []byte{1}, UUID: uuid1}
+	a := formatFile(t, data, filepath.Join(dir, "a"), p)
+	useMmap = false
+	defer func() { useMmap = true }()
+	b := formatFile(t, data, filepath.Join(dir, "b"), p)
+	x, _ := os.ReadFile(filepath.Join(dir, "a"))
+	y, _ := os.ReadFile(filepath.Join(dir, "b"))
+	if !bytes.Equal(a, b) || !bytes.Equal(x, y) {
+		t.Fatal("read and mmap paths differ")
+	}
+}

@@ -86,8 +86,8 @@ hash the image does not have, is an error and leaves the image untouched.`,
 					return err
 				}
 			} else {
-				if _, err := os.Stat(img); err == nil && empty != "force" {
-					return fmt.Errorf("%s exists; use --empty=force to replace it, or --join-signature= to add signatures", img)
+				if _, err := os.Stat(img); err == nil && empty == "" {
+					return fmt.Errorf("%s exists; use --empty=create to replace it, or --join-signature= to add signatures", img)
 				}
 				if deferArg != "" {
 					types := map[image.GUID]bool{}
@@ -135,7 +135,7 @@ hash the image does not have, is an error and leaves the image untouched.`,
 	fs.StringArrayVar(&joins, "join-signature", nil, "ROOTHASH:PKCS7-FILE or ROOTHASH:base64:DATA to add to the image (repeatable)")
 	fs.StringVar(&split, "split", "no", "also write each partition to IMAGE.TYPE.raw")
 	fs.StringVar(&jsonMode, "json", "off", "report: short, pretty or off")
-	fs.StringVar(&empty, "empty", "", "create (default) or force (replace an existing image)")
+	fs.StringVar(&empty, "empty", "", "create or force: make a new image, replacing an existing one (without it, an existing IMAGE is refused)")
 	fs.StringVar(&size, "size", "", "only auto (the smallest image that fits)")
 	fs.StringVar(&dryRun, "dry-run", "", "only no (signet always writes)")
 	return c
