@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"debug/pe"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -398,4 +399,50 @@ func FuzzParse(f *testing.F) {
 		}
 		uki.Inspect(bytes.NewReader(data), int64(len(data)), []string{"enter-initrd"}, []measure.Bank{measure.SHA256})
 	})
+}
+
+// --sbat merges with the stub's .sbat in place; Debian 12's stub leaves
+// 256 bytes before .sdmagic, so a merged text that does not fit is refused
+// rather than overlapping the next section.
+func TestSBAT(t *testing.T) {
+	st := stub(t)
+	own := mustSection(t, stubPath, ".sbat")
+	merged := uki.MergeSBAT(own, []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\nuki,1\n"))
+	if !bytes.HasPrefix(merged, []byte("sbat,1,")) || !bytes.HasSuffix(merged, []byte("uki,1\n\x00")) || bytes.Contains(merged, []byte("\nsbat,")) {
+		t.Fatalf("merged %q", merged)
+	}
+	plan, err := uki.NewPlan(st, []uki.Part{uki.BytesPart(".linux", []byte("k")), uki.BytesPart(".sbat", merged)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := plan.WriteTo(&out, nil); err != nil {
+		t.Fatal(err)
+	}
+	u, err := uki.Parse(bytes.NewReader(out.Bytes()), int64(out.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := u.Section(".sbat").Data(); !bytes.Equal(got, merged) {
+		t.Fatalf(".sbat %q", got)
+	}
+	if n := strings.Count(strings.Join(sectionNames(u), " "), ".sbat"); n != 1 {
+		t.Fatalf("%d .sbat sections", n)
+	}
+	long := uki.MergeSBAT(own, []byte("uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/\n"))
+	plan, err = uki.NewPlan(st, []uki.Part{uki.BytesPart(".linux", []byte("k")), uki.BytesPart(".sbat", long)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plan.WriteTo(&bytes.Buffer{}, nil); !errors.Is(err, uki.ErrNoRoom) {
+		t.Fatalf("oversized .sbat: %v", err)
+	}
+}
+
+func sectionNames(u *uki.File) []string {
+	var n []string
+	for _, s := range u.Sections {
+		n = append(n, s.Name)
+	}
+	return n
 }
