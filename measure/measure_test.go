@@ -314,3 +314,35 @@ func FuzzParsePCRSig(f *testing.F) {
 		}
 	})
 }
+
+// A key on a PKCS#11 token (SoftHSM2) signs the policies; RSA output is
+// identical to the file key's.
+func TestPKCS11(t *testing.T) {
+	hsm := testkeys.NewSoftHSM(t)
+	f := fixture{inputs: []measure.Input{measure.BytesInput(measure.Linux, []byte("kernel")), measure.BytesInput(measure.Cmdline, []byte("quiet"))}}
+	for _, kind := range []testkeys.Kind{testkeys.RSA2048, testkeys.P256} {
+		k := testkeys.Generate(t, kind)
+		s, err := keys.Open("provider:pkcs11", hsm.Import(t, k, "measure-"+string(kind)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		entries, err := measure.Prepare(calc(t, f, nil, nil), s.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := measure.Sign(entries, s)
+		if err != nil {
+			t.Fatalf("%s: %v", kind, err)
+		}
+		if kind == testkeys.RSA2048 {
+			want, err := measure.Sign(entries, k.Signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Marshal(measure.Short), want.Marshal(measure.Short)) {
+				t.Fatal("token and file key sign differently")
+			}
+		}
+	}
+}
