@@ -86,14 +86,9 @@ const (
 	maxZeroFill = 64 << 20
 )
 
-// Size is the section's size in memory: VirtualSize (what the stub
-// measures), or SizeOfRawData for sections that leave VirtualSize zero.
-func (s *Section) Size() int64 {
-	if s.VirtualSize == 0 {
-		return int64(s.SizeOfRawData)
-	}
-	return int64(s.VirtualSize)
-}
+// Size is the section's size in memory, VirtualSize: what the stub
+// measures (ukify sets it to the data length; SizeOfRawData is padded).
+func (s *Section) Size() int64 { return int64(s.VirtualSize) }
 
 // Open returns the section's contents as loaded in memory: the raw data,
 // zero-filled beyond SizeOfRawData up to Size.
