@@ -267,7 +267,12 @@ func newVerityVerifyCmd() *cobra.Command {
 			err = verity.Verify(data, size, hash, root, p)
 			done()
 			if err != nil {
-				return fmt.Errorf("%s, %s: %w", args[0], args[1], err)
+				err = fmt.Errorf("%s, %s: %w", args[0], args[1], err)
+				// veritysetup's codes: 2 for a data or hash block mismatch.
+				if errors.Is(err, verity.ErrCorrupt) {
+					return &exitError{code: 2, err: err}
+				}
+				return err
 			}
 			return nil
 		},
