@@ -260,3 +260,19 @@ func FuzzParse(f *testing.F) {
 		Verify(pf, []*x509.Certificate{k.Cert})
 	})
 }
+
+// FuzzParseSignedAttributes: no input panics the offline join's parser,
+// and whatever it accepts has a messageDigest.
+func FuzzParseSignedAttributes(f *testing.F) {
+	p, _ := PrepareDigest(make([]byte, 32), fixedTime)
+	f.Add(p.SignedAttributes)
+	f.Add([]byte{0x31, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := ParseSignedAttributes(b); err != nil {
+			return
+		}
+		if _, err := cms.MessageDigest(b); err != nil {
+			t.Fatalf("accepted attributes without a messageDigest: %v", err)
+		}
+	})
+}
