@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"signet.dev/keys"
 )
@@ -40,27 +42,49 @@ func Sign(r *Request, named map[string]Key, check CheckFunc) (*Response, error) 
 			return nil, fmt.Errorf("item %q refused: %w", it.ID, err)
 		}
 	}
-	resp := &Response{Format: FormatResponse, Request: r.DigestString(), Items: []Signature{}}
-	for i := range r.Items {
-		it := &r.Items[i]
-		k := named[it.Key]
-		if k.Signer == nil || k.Certificate == nil {
-			return nil, fmt.Errorf("key %q: needs a signer and a certificate", it.Key)
-		}
-		sig, err := keys.Sign(k.Signer, it.CryptoHash(), it.TBS)
-		if err != nil {
-			return nil, fmt.Errorf("item %q: signing with key %q: %w", it.ID, it.Key, err)
-		}
-		if err := keys.Verify(k.Certificate.PublicKey, it.CryptoHash(), it.TBS, sig); err != nil {
-			return nil, fmt.Errorf("item %q: key %q made a signature its certificate does not verify: %w", it.ID, it.Key, err)
-		}
-		s := Signature{ID: it.ID, Signature: sig, Certificate: k.Certificate.Raw}
-		for _, c := range k.Chain {
-			s.Chain = append(s.Chain, c.Raw)
-		}
-		resp.Items = append(resp.Items, s)
+	// Sign on every core: RSA signing and verifying dominate a large
+	// request, and crypto.Signers (file keys, crypto11 sessions) are safe
+	// for concurrent use.
+	sigs := make([]Signature, len(r.Items))
+	errs := make([]error, len(r.Items))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < min(runtime.GOMAXPROCS(0), len(r.Items)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				sigs[i], errs[i] = signItem(&r.Items[i], named[r.Items[i].Key])
+			}
+		}()
 	}
-	return resp, nil
+	for i := range r.Items {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &Response{Format: FormatResponse, Request: r.DigestString(), Items: sigs}, nil
+}
+
+func signItem(it *Item, k Key) (Signature, error) {
+	if k.Signer == nil || k.Certificate == nil {
+		return Signature{}, fmt.Errorf("key %q: needs a signer and a certificate", it.Key)
+	}
+	sig, err := keys.Sign(k.Signer, it.CryptoHash(), it.TBS)
+	if err != nil {
+		return Signature{}, fmt.Errorf("item %q: signing with key %q: %w", it.ID, it.Key, err)
+	}
+	if err := keys.Verify(k.Certificate.PublicKey, it.CryptoHash(), it.TBS, sig); err != nil {
+		return Signature{}, fmt.Errorf("item %q: key %q made a signature its certificate does not verify: %w", it.ID, it.Key, err)
+	}
+	s := Signature{ID: it.ID, Signature: sig, Certificate: k.Certificate.Raw}
+	for _, c := range k.Chain {
+		s.Chain = append(s.Chain, c.Raw)
+	}
+	return s, nil
 }
 
 // Verified is a response item checked against its request item.
