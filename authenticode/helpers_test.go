@@ -30,6 +30,7 @@ type synth struct {
 	trailing int   // bytes appended after the last section
 	gap      int   // bytes of gap between sections
 	pe32     bool  // PE32 instead of PE32+
+	staleVA  bool  // certificate table entry with an offset but size 0
 }
 
 // build writes the image: DOS header, PE header, optional header with 16
@@ -74,10 +75,13 @@ func (s synth) build() []byte {
 	binary.LittleEndian.PutUint32(oh[56:], imageSize)
 	binary.LittleEndian.PutUint32(oh[60:], uint32(hdrSize))
 	binary.LittleEndian.PutUint16(oh[68:], 10) // EFI application
+	dirs := 112
 	if s.pe32 {
-		binary.LittleEndian.PutUint32(oh[92:], 16)
-	} else {
-		binary.LittleEndian.PutUint32(oh[108:], 16)
+		dirs = 96
+	}
+	binary.LittleEndian.PutUint32(oh[dirs-4:], 16)
+	if s.staleVA {
+		binary.LittleEndian.PutUint32(oh[dirs+8*CertificateTableIndex:], 0x12345678)
 	}
 	pos := hdrSize
 	for i, n := range s.sections {
@@ -116,6 +120,7 @@ var synthetics = map[string]synth{
 	"gaps-and-trailing":   {sections: []int{0x200, 0x400, 0x200}, gap: 0x20, trailing: 7},
 	"pe32":                {sections: []int{0x200, 0x201}, pe32: true, trailing: 3},
 	"no-sections-trailer": {trailing: 1001},
+	"stale-cert-entry":    {sections: []int{0x400}, trailing: 5, staleVA: true},
 }
 
 func writeFile(t testing.TB, name string, data []byte) string {

@@ -108,8 +108,8 @@ type File struct {
 // Size returns the size of the file in bytes.
 func (f *File) Size() int64 { return f.size }
 
-// CertificateTable returns the certificate table directory entry (zero if
-// the image is unsigned).
+// CertificateTable returns the certificate table directory entry (Size 0
+// if the image is unsigned).
 func (f *File) CertificateTable() DataDirectory {
 	return f.OptionalHeader.DataDirectory[CertificateTableIndex]
 }
@@ -255,15 +255,16 @@ func Parse(r io.ReaderAt, size int64) (*File, error) {
 	// signing appends to it, and everything before it is hashed.
 	f.dataEnd = size
 	ct := oh.DataDirectory[CertificateTableIndex]
-	if ct.VirtualAddress != 0 || ct.Size != 0 {
+	// An entry with Size 0 is no table (linkers may leave an offset).
+	if ct.Size != 0 {
 		start, n := int64(ct.VirtualAddress), int64(ct.Size)
 		switch {
 		case start%8 != 0:
 			return nil, fmt.Errorf("%w: it starts at offset %#x", ErrCertTableAlignment, start)
 		case n%8 != 0:
 			return nil, fmt.Errorf("%w: its size is %d", ErrCertTableAlignment, n)
-		case start == 0 || n == 0:
-			return nil, fmt.Errorf("%w: directory entry {offset %#x, size %d}", ErrCertTable, start, n)
+		case start == 0:
+			return nil, fmt.Errorf("%w: directory entry {offset 0, size %d}", ErrCertTable, n)
 		case start+n != size:
 			return nil, fmt.Errorf("%w: table at %#x+%d does not end at the end of the file (%d bytes)", ErrCertTable, start, n, size)
 		case start < hdrEnd:

@@ -392,7 +392,7 @@ func (f *File) layout(inputSum uint64, p7 []byte) (tail, entry, checksum []byte)
 	ct := f.CertificateTable()
 	pad := int((8 - f.size%8) % 8)
 	va := uint32(f.size) + uint32(pad)
-	if ct.VirtualAddress != 0 {
+	if ct.Size != 0 {
 		va, pad = ct.VirtualAddress, 0 // Parse checked it ends the file, aligned
 	}
 	certLen := 8 + len(p7)

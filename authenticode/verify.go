@@ -51,6 +51,9 @@ type Signature struct {
 func (f *File) Signatures() ([]Signature, error) {
 	ct := f.CertificateTable()
 	var out []Signature
+	if ct.Size == 0 {
+		return nil, nil
+	}
 	start, end := int64(ct.VirtualAddress), int64(ct.VirtualAddress)+int64(ct.Size)
 	for off := start; off < end; {
 		if end-off < 8 {
