@@ -191,6 +191,9 @@ func (d *Definition) check() error {
 	if d.SizeMin > 0 && d.SizeMax > 0 && d.SizeMin > d.SizeMax {
 		return fmt.Errorf("SizeMinBytes=%d is larger than SizeMaxBytes=%d", d.SizeMin, d.SizeMax)
 	}
+	if d.ReadOnly != nil && !d.Type.knowsReadOnly() {
+		return fmt.Errorf("ReadOnly= has no meaning for partition type %s", d.Type.Name)
+	}
 	if d.Verity != "" && d.VerityMatchKey == "" {
 		return fmt.Errorf("VerityMatchKey= must be set if Verity=%s", d.Verity)
 	}

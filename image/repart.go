@@ -151,14 +151,16 @@ func plan(defs []*Definition) ([]*part, error) {
 			}
 			used[p.label] = true
 		}
-		if d.Verity != "" {
-			p.attrs |= AttrReadOnly
-		}
+		// repart: verity partitions default to read-only; types that know
+		// the grow-file-system flag get it unless read-only.
+		ro := d.Verity != "" && d.Type.knowsReadOnly()
 		if d.ReadOnly != nil {
-			p.attrs &^= AttrReadOnly
-			if *d.ReadOnly {
-				p.attrs |= AttrReadOnly
-			}
+			ro = *d.ReadOnly
+		}
+		if ro {
+			p.attrs |= AttrReadOnly
+		} else if d.Type.knowsGrowFS() {
+			p.attrs |= AttrGrowFS
 		}
 		if d.Verity != "" {
 			if byKey[d.VerityMatchKey] == nil {

@@ -32,6 +32,22 @@ func (t PartType) Verity() string {
 	return ""
 }
 
+// knowsGrowFS reports the types for which GPT flag 59 (grow file system)
+// is defined; repart sets it on them unless read-only.
+func (t PartType) knowsGrowFS() bool {
+	switch t.Class {
+	case "root", "usr", "home", "srv", "var", "tmp", "xbootldr":
+		return true
+	}
+	return false
+}
+
+// knowsReadOnly reports the types for which GPT flag 60 (read-only) is
+// defined.
+func (t PartType) knowsReadOnly() bool {
+	return t.knowsGrowFS() || t.Verity() == "hash" || t.Verity() == "signature"
+}
+
 var archUUIDs = map[string][6]string{
 	// root, root-verity, root-verity-sig, usr, usr-verity, usr-verity-sig
 	"x86-64": {"4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "41092b05-9fc8-4523-994f-2def0408b176",
