@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -99,10 +100,14 @@ func (s *Server) identify(r *http.Request) *identity {
 		if id := s.certFP[hex.EncodeToString(fp[:])]; id != nil {
 			return id
 		}
-		// A common name counts only if the handshake verified the chain to
-		// the configured client CA.
-		if len(r.TLS.VerifiedChains) > 0 {
-			if id := s.certCN[c.Subject.CommonName]; id != nil {
+		// A common name counts only for a certificate that chains to the
+		// configured client CA.
+		if id := s.certCN[c.Subject.CommonName]; id != nil && s.caPool != nil {
+			inter := x509.NewCertPool()
+			for _, ic := range r.TLS.PeerCertificates[1:] {
+				inter.AddCert(ic)
+			}
+			if _, err := c.Verify(x509.VerifyOptions{Roots: s.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
 				return id
 			}
 		}

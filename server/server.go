@@ -53,6 +53,7 @@ type Server struct {
 	tokens  map[string]*identity // by hex SHA-256 of the token
 	certFP  map[string]*identity // by hex SHA-256 of the certificate DER
 	certCN  map[string]*identity
+	caPool  *x509.CertPool // issuers of certificate_cn clients
 	note    note.Signer
 	noteV   string // verifier key, published at /v1/audit/key
 	owner   string // lease owner id of this process
@@ -247,6 +248,7 @@ func (s *Server) Close() error {
 }
 
 // TLSConfig returns the server's TLS configuration, or nil for plain HTTP.
+// Serve calls it; call it before Handler when serving TLS another way.
 func (s *Server) TLSConfig() (*tls.Config, error) {
 	tc := s.cfg.TLS
 	if tc == nil {
@@ -266,8 +268,10 @@ func (s *Server) TLSConfig() (*tls.Config, error) {
 		for _, c := range cas {
 			pool.AddCert(c)
 		}
-		c.ClientCAs = pool
-		c.ClientAuth = tls.VerifyClientCertIfGiven
+		// The handshake only requests a certificate; identify verifies it
+		// (pinned fingerprint, or chain to client_ca), so an unknown
+		// certificate gets a 401 naming the problem, not a TLS alert.
+		s.caPool = pool
 	}
 	return c, nil
 }

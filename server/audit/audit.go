@@ -137,7 +137,7 @@ func ParseCheckpointText(text string) (Checkpoint, error) {
 	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
 		return Checkpoint{}, fmt.Errorf("%w: bad size %q", ErrBadCheckpoint, lines[1])
 	}
-	h, err := base64.StdEncoding.DecodeString(lines[2])
+	h, err := base64.StdEncoding.Strict().DecodeString(lines[2])
 	if err != nil || len(h) != tlog.HashSize {
 		return Checkpoint{}, fmt.Errorf("%w: bad root hash %q", ErrBadCheckpoint, lines[2])
 	}

@@ -1,0 +1,129 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// buildLog makes a log of n entries and its checkpoint, signed.
+func buildLog(t testing.TB, n int) ([]byte, Checkpoint, []byte, note.Verifier) {
+	var hashes []tlog.Hash
+	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(idx))
+		for i, x := range idx {
+			out[i] = hashes[x]
+		}
+		return out, nil
+	})
+	var log bytes.Buffer
+	for i := range n {
+		e := &Entry{Index: int64(i), Time: time.Unix(1700000000, 0).UTC(), Type: TypeSign, Client: "ci", Request: "r", Item: fmt.Sprint("item", i)}
+		line := e.Marshal()
+		hs, err := tlog.StoredHashes(int64(i), line, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes = append(hashes, hs...)
+		log.Write(line)
+		log.WriteByte('\n')
+	}
+	root, err := tlog.TreeHash(int64(n), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	skey, vkey, _ := note.GenerateKey(rand.Reader, "test/audit")
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	cp := Checkpoint{Origin: "test/audit", Size: int64(n), Hash: root}
+	signed, err := cp.Sign(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return log.Bytes(), cp, signed, v
+}
+
+func TestVerifyLog(t *testing.T) {
+	log, cp, signed, v := buildLog(t, 9)
+	got, err := OpenCheckpoint(signed, v)
+	if err != nil || got != cp {
+		t.Fatalf("checkpoint round trip: %v %+v", err, got)
+	}
+	if _, err := OpenCheckpoint(bytes.Replace(signed, []byte("\n9\n"), []byte("\n8\n"), 1), v); err == nil {
+		t.Fatal("edited checkpoint opened")
+	}
+	rep, err := VerifyLog(bytes.NewReader(log), cp)
+	if err != nil || rep.Entries != 9 || rep.Signed != 9 {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	lines := strings.SplitAfter(string(log), "\n")
+	lines = lines[:len(lines)-1]
+	dupItem := strings.Replace(string(log), `"item":"item4"`, `"item":"item3"`, 1)
+	for name, c := range map[string]struct {
+		log  string
+		want error
+	}{
+		"edited":       {strings.Replace(string(log), `"client":"ci"`, `"client":"cx"`, 1), ErrMismatch},
+		"dropped":      {strings.Join(append(append([]string{}, lines[:2]...), lines[3:]...), ""), ErrMismatch},
+		"reordered":    {lines[1] + lines[0] + strings.Join(lines[2:], ""), ErrMismatch},
+		"truncated":    {strings.Join(lines[:8], ""), ErrShortLog},
+		"double":       {dupItem, ErrDoubleSigned},
+		"garbage line": {strings.Replace(string(log), lines[5], "{}\n", 1), ErrBadEntry},
+	} {
+		if _, err := VerifyLog(strings.NewReader(c.log), cp); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+	// A log that grew past the checkpoint still verifies its prefix.
+	more, _, _, _ := buildLog(t, 12)
+	if _, err := VerifyLog(bytes.NewReader(more), cp); err != nil {
+		t.Fatalf("grown log: %v", err)
+	}
+}
+
+func FuzzParseEntry(f *testing.F) {
+	log, _, _, _ := buildLog(f, 1)
+	f.Add(bytes.TrimSpace(log))
+	f.Add([]byte(`{"index":0,"type":"refuse","status":403}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := ParseEntry(b)
+		if err != nil {
+			return
+		}
+		if _, err := ParseEntry(e.Marshal()); err != nil {
+			t.Fatalf("re-encoded entry does not parse: %v", err)
+		}
+	})
+}
+
+func FuzzCheckpoint(f *testing.F) {
+	_, cp, signed, _ := buildLog(f, 3)
+	f.Add(cp.Text())
+	f.Add(string(signed))
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseCheckpointText(s)
+		if err != nil {
+			return
+		}
+		if c.Text() != s {
+			t.Fatalf("checkpoint %q re-encodes as %q", s, c.Text())
+		}
+	})
+}
+
+func FuzzVerifyLog(f *testing.F) {
+	log, cp, _, _ := buildLog(f, 5)
+	f.Add(log)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := VerifyLog(bytes.NewReader(b), cp); err == nil && !bytes.Equal(b, log) && !bytes.HasPrefix(b, log) {
+			t.Fatalf("a different log verified")
+		}
+	})
+}
