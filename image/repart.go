@@ -353,8 +353,12 @@ func copyBlocks(f *os.File, p *part) error {
 		return fmt.Errorf("%s: CopyBlocks=: %w", p.def.File, err)
 	}
 	defer src.Close()
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(io.NewOffsetWriter(f, p.offset), io.LimitReader(src, p.size+1), buf)
+	// At the file offset, os.File.ReadFrom can use copy_file_range (an
+	// in-kernel copy, or a reflink).
+	if _, err := f.Seek(p.offset, io.SeekStart); err != nil {
+		return fmt.Errorf("%s: %w", p.def.File, err)
+	}
+	n, err := io.Copy(f, io.LimitReader(src, p.size+1))
 	if err != nil {
 		return fmt.Errorf("%s: copying %s: %w", p.def.File, p.def.CopyBlocks, err)
 	}
