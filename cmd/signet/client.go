@@ -56,6 +56,23 @@ func (f *serverFlags) client() (*client.Client, error) {
 	return client.New(f.url, client.Options{Token: tok, CertFile: f.cert, KeyFile: f.key, CAFile: f.ca})
 }
 
+// requestID takes a request id, or the path of a request file whose id
+// (the hex SHA-256 of its canonical form) is meant.
+func requestID(arg string) (string, error) {
+	if len(arg) == 64 && strings.Trim(arg, "0123456789abcdef") == "" {
+		return arg, nil
+	}
+	data, err := os.ReadFile(arg)
+	if err != nil {
+		return "", fmt.Errorf("%q is neither a request id (64 hex digits) nor a request file: %w", arg, err)
+	}
+	req, err := request.Parse(data)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", arg, err)
+	}
+	return strings.TrimPrefix(req.DigestString(), "sha256:"), nil
+}
+
 // auditKeyArg reads a note verifier key given inline or as a file.
 func auditKeyArg(v string) (string, error) {
 	if v == "" || strings.Count(v, "+") == 2 && !strings.ContainsAny(v, "/\n") {
@@ -145,7 +162,7 @@ func newSubmitCmd() *cobra.Command {
 func newStatusCmd() *cobra.Command {
 	var sf serverFlags
 	cmd := &cobra.Command{
-		Use:   "status ID --server=URL",
+		Use:   "status ID|REQUEST --server=URL",
 		Short: "Show the state of a submitted signing request",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -155,7 +172,11 @@ func newStatusCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
 			defer cancel()
-			st, err := c.Status(ctx, args[0])
+			id, err := requestID(args[0])
+			if err != nil {
+				return err
+			}
+			st, err := c.Status(ctx, id)
 			if err != nil {
 				return err
 			}
@@ -172,12 +193,17 @@ func newFetchCmd() *cobra.Command {
 	var wait bool
 	var reqPath, output, proofs, vkey string
 	cmd := &cobra.Command{
-		Use:   "fetch ID --server=URL --request=REQUEST --output=RESPONSE",
+		Use:   "fetch ID|REQUEST --server=URL --request=REQUEST --output=RESPONSE",
 		Short: "Fetch, verify and write the response to a signed request",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if reqPath == "" {
+				if _, err := os.Stat(args[0]); err == nil {
+					reqPath = args[0]
+				}
+			}
 			if output == "" || reqPath == "" {
-				return errors.New("fetch needs --request= (to verify against) and --output=")
+				return errors.New("fetch needs the request (to verify against: as argument or --request=) and --output=")
 			}
 			vk, err := auditKeyArg(vkey)
 			if err != nil {
@@ -197,11 +223,15 @@ func newFetchCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
 			defer cancel()
+			id, err := requestID(args[0])
+			if err != nil {
+				return err
+			}
 			var res *api.Result
 			if wait {
-				res, err = c.Wait(ctx, args[0])
+				res, err = c.Wait(ctx, id)
 			} else {
-				res, err = c.Fetch(ctx, args[0])
+				res, err = c.Fetch(ctx, id)
 			}
 			if err != nil {
 				return err
@@ -221,7 +251,7 @@ func newFetchCmd() *cobra.Command {
 func newApproveCmd() *cobra.Command {
 	var sf serverFlags
 	cmd := &cobra.Command{
-		Use:   "approve ID --server=URL",
+		Use:   "approve ID|REQUEST --server=URL",
 		Short: "Approve a signing request that waits for approvers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -231,7 +261,11 @@ func newApproveCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
 			defer cancel()
-			st, err := c.Approve(ctx, args[0])
+			id, err := requestID(args[0])
+			if err != nil {
+				return err
+			}
+			st, err := c.Approve(ctx, id)
 			if err != nil {
 				return err
 			}
