@@ -220,3 +220,41 @@ func FuzzVerifyDetached(f *testing.F) {
 		}
 	})
 }
+
+// VerifyDetached accepts what gpg itself makes (its own packet framing and
+// hash choice), from a key gpg generated.
+func TestVerifyGPGMadeSignature(t *testing.T) {
+	home := t.TempDir()
+	os.Chmod(home, 0o700)
+	gpg := func(args ...string) []byte {
+		t.Helper()
+		return testenv.Run(t, "gpg", append([]string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
+	}
+	gpg("--quick-gen-key", "gpg made <gpg@example.org>", "rsa2048", "sign", "never")
+	// gpg started an agent for this home: stop it by its PID when done.
+	if out, err := testenv.RunErr(t, "gpg-connect-agent", "--homedir", home, "getinfo pid", "/bye"); err == nil {
+		if m := regexp.MustCompile(`(?m)^D (\d+)$`).FindSubmatch(out); m != nil {
+			pid := string(m[1])
+			t.Cleanup(func() { exec.Command("kill", pid).Run() })
+		}
+	}
+	dir := t.TempDir()
+	dp := filepath.Join(dir, "SHA256SUMS")
+	os.WriteFile(dp, data, 0o600)
+	gpg("--detach-sign", "--output", dp+".gpg", dp)
+	gpg("--armor", "--detach-sign", "--output", dp+".asc", dp)
+	ring := gpg("--export")
+	for _, ext := range []string{".gpg", ".asc"} {
+		sig, _ := os.ReadFile(dp + ext)
+		v, err := VerifyDetached(ring, data, sig)
+		if err != nil {
+			t.Fatalf("%s: %v", ext, err)
+		}
+		if len(v.UserIDs) != 1 || v.UserIDs[0] != "gpg made <gpg@example.org>" {
+			t.Errorf("%s: signer %+v", ext, v)
+		}
+		if _, err := VerifyDetached(ring, append(data, '\n'), sig); err == nil {
+			t.Errorf("%s: changed data verifies", ext)
+		}
+	}
+}
