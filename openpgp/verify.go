@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -40,8 +41,6 @@ func VerifyDetached(keyring, data, signature []byte) (*Verified, error) {
 	if err != nil {
 		return nil, fmt.Errorf("openpgp: keyring: %w", err)
 	}
-	// Signatures are checked at their own creation time, as gpg does: a
-	// manifest signed in the past stays valid.
 	var sig *pgppacket.Signature
 	var signer *pgp.Entity
 	sigBytes := signature
@@ -62,6 +61,10 @@ func VerifyDetached(keyring, data, signature []byte) (*Verified, error) {
 		sig, signer, err = pgp.VerifyDetachedSignature(ring, bytes.NewReader(data), bytes.NewReader(sigBytes), cfg)
 	}
 	verify(time.Now())
+	// An expired key (or a signature dated after the clock) is judged at
+	// the signature's own creation time, as gpg does: it reports a good
+	// signature from an expired key, and a manifest signed while the key
+	// was valid stays valid.
 	if err != nil && sig != nil && (errors.Is(err, pgperrors.ErrSignatureExpired) || errors.Is(err, pgperrors.ErrKeyExpired)) {
 		verify(sig.CreationTime)
 	}
@@ -75,6 +78,7 @@ func VerifyDetached(keyring, data, signature []byte) (*Verified, error) {
 	for name := range signer.Identities {
 		v.UserIDs = append(v.UserIDs, name)
 	}
+	sort.Strings(v.UserIDs)
 	return v, nil
 }
 
