@@ -12,15 +12,14 @@ import (
 	"strings"
 
 	"signet.dev/authenticode"
-	"signet.dev/cms"
 	"signet.dev/image"
+	"signet.dev/ipe"
 	"signet.dev/internal/atomicfile"
 	"signet.dev/keys"
 	"signet.dev/manifest"
 	"signet.dev/measure"
 	"signet.dev/openpgp"
 	"signet.dev/request"
-	"signet.dev/request/check"
 	"signet.dev/uki"
 	"signet.dev/verity"
 )
@@ -123,19 +122,23 @@ func contains(l []string, s string) bool {
 }
 
 // ipe signs an IPE policy as an attached PKCS#7 without signed attributes
-// (openssl smime -sign -binary -noattr -nodetach -outform DER).
+// (package ipe: openssl smime -sign -binary -noattr -nodetach -outform DER).
 func (p *pass) ipe(c *IPEConfig) error {
 	text, err := os.ReadFile(p.c.Path(c.Policy))
 	if err != nil {
 		return err
 	}
-	name, version, err := check.ParseIPEHeader(text)
+	prep, err := ipe.Prepare(text, p.keys[c.Key].cert)
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Policy, err)
 	}
-	it := request.Item{ID: "ipe/" + c.Output, Kind: request.KindIPEPolicy, Key: c.Key, Hash: "sha256", TBS: text,
-		IPE: &request.IPEContext{File: filepath.Base(c.Policy), Name: name, Version: version}}
-	sig, cert, ok, err := p.sign(it)
+	hashName, err := request.HashName(prep.Hash)
+	if err != nil {
+		return err
+	}
+	it := request.Item{ID: "ipe/" + c.Output, Kind: request.KindIPEPolicy, Key: c.Key, Hash: hashName, TBS: prep.TBS,
+		IPE: &request.IPEContext{File: filepath.Base(c.Policy), Name: prep.Policy.Name, Version: prep.Policy.Version.String()}}
+	sig, _, ok, err := p.sign(it)
 	if err != nil {
 		return err
 	}
@@ -144,7 +147,7 @@ func (p *pass) ipe(c *IPEConfig) error {
 		p.logf("ipe %s: signature requested", c.Output)
 		return nil
 	}
-	der, err := cms.AssembleNoAttr(cert, text, crypto.SHA256, sig, false)
+	der, err := prep.Join(sig)
 	if err != nil {
 		return err
 	}

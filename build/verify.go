@@ -14,8 +14,8 @@ import (
 	"strings"
 
 	"signet.dev/authenticode"
-	"signet.dev/cms"
 	"signet.dev/image"
+	"signet.dev/ipe"
 	"signet.dev/manifest"
 	"signet.dev/measure"
 	"signet.dev/uki"
@@ -341,14 +341,7 @@ func (v *verifier) image(o Output, cert *x509.Certificate) {
 func (v *verifier) ipe(o Output, cert *x509.Certificate) {
 	der, err := os.ReadFile(v.path(o.File))
 	if err == nil {
-		var sd *cms.SignedData
-		if sd, err = cms.Parse(der); err == nil {
-			if sd.Content == nil {
-				err = errors.New("content is not attached")
-			} else {
-				_, err = sd.Verify(nil, []*x509.Certificate{cert})
-			}
-		}
+		_, _, err = ipe.Verify(der, cert)
 	}
 	v.add(o.File, "signet", "IPE policy PKCS#7", err)
 	v.peer(o.File, "IPE policy PKCS#7", "", "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", v.path(o.File), "-CAfile", v.certFile(cert), "-out", os.DevNull)

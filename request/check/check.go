@@ -23,12 +23,11 @@ package check
 import (
 	"bytes"
 	"crypto"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 
+	"signet.dev/measure"
 	"signet.dev/request"
 )
 
@@ -92,38 +91,23 @@ func VerityRootHash(it *request.Item) error {
 	return nil
 }
 
-// TPM constants of TPM2_PolicyPCR (TPM 2.0 Part 2).
-const (
-	tpmCCPolicyPCR = 0x0000017F
-	tpmAlgSHA1     = 0x0004
-	tpmAlgSHA256   = 0x000B
-	tpmAlgSHA384   = 0x000C
-	tpmAlgSHA512   = 0x000D
-)
-
 // canonical is systemd's UnifiedSection order (src/fundamental/uki.h): the
 // order the stub measures sections in. .pcrsig is never measured.
 var canonical = []string{".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrsig", ".pcrpkey", ".profile", ".dtbauto", ".hwids", ".efifw"}
 
-func bankHash(bank string) (crypto.Hash, uint16) {
-	switch bank {
-	case "sha1":
-		return crypto.SHA1, tpmAlgSHA1
-	case "sha256":
-		return crypto.SHA256, tpmAlgSHA256
-	case "sha384":
-		return crypto.SHA384, tpmAlgSHA384
-	case "sha512":
-		return crypto.SHA512, tpmAlgSHA512
+func bankHash(bank string) crypto.Hash {
+	b, err := measure.ParseBank(bank)
+	if err != nil {
+		return 0
 	}
-	return 0, 0
+	return b.Hash
 }
 
 // PCR11 recomputes systemd-measure's PCR 11 prediction: from zero, extend
 // H(name NUL) and the section digest for each section, then H(word) for
 // each word of the phase path.
 func PCR11(c *request.PCRContext) ([]byte, error) {
-	h, _ := bankHash(c.Bank)
+	h := bankHash(c.Bank)
 	if h == 0 {
 		return nil, refuse("PCR bank %q is not known", c.Bank)
 	}
@@ -171,22 +155,13 @@ func PCR11(c *request.PCRContext) ([]byte, error) {
 
 // PolicyPCR returns the TPM2 PolicyPCR digest (SHA-256 policy session, from
 // an empty policy) selecting PCR 11 of bank with the given value: the `pol`
-// systemd-measure signs.
+// systemd-measure signs (package measure, checked against a TPM).
 func PolicyPCR(bank string, pcr []byte) ([]byte, error) {
-	_, alg := bankHash(bank)
-	if alg == 0 {
-		return nil, refuse("PCR bank %q is not known", bank)
+	b, err := measure.ParseBank(bank)
+	if err != nil {
+		return nil, refuse("PCR bank %q: %v", bank, err)
 	}
-	pcrDigest := sha256.Sum256(pcr)
-	var buf []byte
-	buf = append(buf, make([]byte, 32)...)
-	buf = binary.BigEndian.AppendUint32(buf, tpmCCPolicyPCR)
-	buf = binary.BigEndian.AppendUint32(buf, 1) // TPML_PCR_SELECTION.count
-	buf = binary.BigEndian.AppendUint16(buf, alg)
-	buf = append(buf, 3, 0x00, 0x08, 0x00) // sizeofSelect, PCR 11
-	buf = append(buf, pcrDigest[:]...)
-	pol := sha256.Sum256(buf)
-	return pol[:], nil
+	return measure.Pol(b, pcr)
 }
 
 // PCRPolicy checks that the context's sections and phase give its PCR value

@@ -1,49 +1,12 @@
 package check
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"strings"
-	"unicode/utf8"
 
+	"signet.dev/manifest"
 	"signet.dev/request"
 )
-
-// ParseSHA256SUMS parses a manifest as systemd-sysupdate reads it: lines of
-// 64 lowercase or uppercase hex digits, a space, ' ' or '*', a file name
-// that is a single path component without control characters, and '\n'.
-func ParseSHA256SUMS(data []byte) ([]request.ManifestEntry, error) {
-	if len(data) == 0 {
-		return nil, refuse("manifest is empty")
-	}
-	if !utf8.Valid(data) || bytes.IndexByte(data, 0) >= 0 {
-		return nil, refuse("manifest is not NUL-free UTF-8")
-	}
-	if data[len(data)-1] != '\n' {
-		return nil, refuse("manifest's last line does not end in a newline")
-	}
-	var out []request.ManifestEntry
-	for n, line := range strings.Split(string(data[:len(data)-1]), "\n") {
-		if len(line) < 67 || line[64] != ' ' || (line[65] != ' ' && line[65] != '*') {
-			return nil, refuse("manifest line %d: not \"<sha256> *<name>\"", n+1)
-		}
-		sum, name := line[:64], line[66:]
-		if _, err := hex.DecodeString(sum); err != nil {
-			return nil, refuse("manifest line %d: %q is not a SHA-256 in hex", n+1, sum)
-		}
-		if name == "." || name == ".." || strings.ContainsAny(name, "/\\") {
-			return nil, refuse("manifest line %d: %q is not a single file name", n+1, name)
-		}
-		for _, r := range name {
-			if r < ' ' || r == 0x7f {
-				return nil, refuse("manifest line %d: file name has a control character", n+1)
-			}
-		}
-		out = append(out, request.ManifestEntry{Name: name, SHA256: strings.ToLower(sum)})
-	}
-	return out, nil
-}
 
 // OpenPGP v4 signature constants (RFC 4880 section 5.2).
 const (
@@ -86,8 +49,9 @@ func SplitOpenPGPTrailer(tbs []byte, hash string) (doc, trailer []byte, err erro
 }
 
 // Manifest checks a manifest item: the TBS (for manifest-openpgp, the part
-// before the OpenPGP trailer) parses as SHA256SUMS and lists exactly the
-// context's entries, in order.
+// before the OpenPGP trailer) parses as SHA256SUMS as systemd-sysupdate
+// reads it (package manifest) and lists exactly the context's entries, in
+// order.
 func Manifest(it *request.Item) error {
 	doc := it.TBS
 	if it.Kind == request.KindManifestOpenPGP {
@@ -96,17 +60,18 @@ func Manifest(it *request.Item) error {
 			return err
 		}
 	}
-	entries, err := ParseSHA256SUMS(doc)
+	entries, err := manifest.Parse(doc)
 	if err != nil {
-		return err
+		return refuse("not a SHA256SUMS manifest: %v", err)
 	}
 	want := it.Manifest.Entries
 	if len(entries) != len(want) {
 		return refuse("manifest lists %d files, the context %d", len(entries), len(want))
 	}
-	for i := range entries {
-		if entries[i] != want[i] {
-			return refuse("manifest line %d is %s %s, the context says %s %s", i+1, entries[i].SHA256, entries[i].Name, want[i].SHA256, want[i].Name)
+	for i, e := range entries {
+		got := request.ManifestEntry{Name: e.Name, SHA256: hex.EncodeToString(e.Digest[:])}
+		if got != want[i] {
+			return refuse("manifest line %d is %s %s, the context says %s %s", i+1, got.SHA256, got.Name, want[i].SHA256, want[i].Name)
 		}
 	}
 	return nil
