@@ -13,8 +13,8 @@ import (
 
 	"signet.dev/authenticode"
 	"signet.dev/image"
-	"signet.dev/ipe"
 	"signet.dev/internal/atomicfile"
+	"signet.dev/ipe"
 	"signet.dev/keys"
 	"signet.dev/manifest"
 	"signet.dev/measure"
