@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/bits"
+	"runtime/debug"
 )
 
 // chunkSize is the read size for streaming; large enough that syscalls do
@@ -59,11 +61,16 @@ func (f *File) monotonic() bool {
 	return true
 }
 
-// scan streams the hashed extents into d and, if wantSum, returns the plain
-// word sum of the whole file for the CheckSum. Reading (and summing) runs
-// on another goroutine, a few chunks ahead of hashing, so the file is read
-// once and the second core does everything but the hash.
+// scan streams the hashed extents into d and, if wantSum, returns the word
+// sum of the whole file (modulo 0xffff) for the CheckSum. The file is read
+// once: mapped when it is a file, else read (and summed) on another
+// goroutine a few chunks ahead of the hash, so the second core does
+// everything but the hash.
 func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
+	if data, unmap := mapFile(f.r, f.size); data != nil {
+		defer unmap()
+		return f.scanMapped(data, d, wantSum)
+	}
 	// The sum rides along with the hash reads when those cover the file in
 	// order; the holes (CheckSum, the table entry, the certificate table)
 	// are summed at the end. Otherwise it takes its own pass.
@@ -148,6 +155,41 @@ func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
 	return sum, nil
 }
 
+// scanMapped is scan over a mapped file: the hash reads the page cache in
+// place on this goroutine while the sum runs on another.
+func (f *File) scanMapped(data []byte, d hash.Hash, wantSum bool) (uint64, error) {
+	var sum uint64
+	sumErr := make(chan error, 1)
+	if wantSum {
+		go func() { sumErr <- guarded(func() { sum = wordSum(data, 0) }) }()
+	} else {
+		sumErr <- nil
+	}
+	err := guarded(func() {
+		for _, rg := range f.ranges {
+			d.Write(data[rg[0]:rg[1]])
+		}
+	})
+	if serr := <-sumErr; err == nil {
+		err = serr
+	}
+	return sum, err
+}
+
+// guarded runs fn, which reads a mapped file, and turns the fault of a file
+// that shrank meanwhile (SIGBUS) into an error.
+func guarded(fn func()) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: the file changed while being read: %v", ErrTruncated, r)
+		}
+	}()
+	fn()
+	return nil
+}
+
 // Checksum computes the PE CheckSum of the image as it is (the optional
 // header's CheckSum field counts as zero): the 16-bit one's-complement sum
 // of the file's little-endian words, plus the file length. This is what the
@@ -159,8 +201,7 @@ func (f *File) Checksum() (uint32, error) {
 	}
 	var old [4]byte
 	binary.LittleEndian.PutUint32(old[:], f.OptionalHeader.CheckSum)
-	s -= wordSum(old[:], f.checksumOffset)
-	return FinishChecksum(s, f.size), nil
+	return FinishChecksum(subSum(s, wordSum(old[:], f.checksumOffset)), f.size), nil
 }
 
 // Checksum parses the PE image in r and returns its PE CheckSum (see
@@ -173,56 +214,68 @@ func Checksum(r io.ReaderAt, size int64) (uint32, error) {
 	return f.Checksum()
 }
 
-// FinishChecksum turns a plain sum of 16-bit little-endian words (see
-// wordSum) into the PE CheckSum of a file of the given size: fold to 16 bits
-// with end-around carry, then add the size.
+// FinishChecksum turns the sum of a file's 16-bit little-endian words,
+// modulo 0xffff (see wordSum), into the PE CheckSum of a file of the given
+// size: the one's-complement 16-bit sum plus the size. The file must not be
+// all zeros (a PE image starts with "MZ").
 func FinishChecksum(sum uint64, size int64) uint32 {
-	// Folding word by word keeps a value in [1, 0xffff] once any word was
-	// non-zero, i.e. ((sum-1) mod 0xffff) + 1; a zero sum stays zero.
-	var folded uint64
-	if sum != 0 {
-		folded = (sum-1)%0xffff + 1
+	// Folding word by word, as the loader does, ends in [1, 0xffff] once any
+	// word was non-zero: 0xffff where the sum is a multiple of 0xffff.
+	folded := uint32(sum % 0xffff)
+	if folded == 0 {
+		folded = 0xffff
 	}
-	return uint32(folded) + uint32(size)
+	return folded + uint32(size)
 }
 
-// wordSum returns the contribution of b, found at file offset off, to the
-// plain sum of the file's 16-bit little-endian words.
+// wordSum returns the sum of the 16-bit little-endian words that b makes
+// up at file offset off, modulo 0xffff. Since 2^16 = 1 (mod 0xffff), a
+// 64-bit little-endian word is congruent to the sum of its four 16-bit
+// words, so the sum runs 8 bytes at a time.
 func wordSum(b []byte, off int64) uint64 {
-	var s uint64
+	var s, carries, c uint64
 	i := 0
 	if off&1 == 1 && len(b) > 0 {
-		s += uint64(b[0]) << 8
+		s = uint64(b[0]) << 8 // the high byte of a word that starts before b
 		i = 1
 	}
-	// Now at an even file offset.
-	for i+8 <= len(b) {
-		// Lanes of 32 bits hold four 16-bit words at a time; flush them
-		// before they could overflow.
-		var lo, hi uint64
-		for n := 0; n < 16384 && i+8 <= len(b); n++ {
-			v := binary.LittleEndian.Uint64(b[i:])
-			lo += v & 0x0000ffff0000ffff
-			hi += (v >> 16) & 0x0000ffff0000ffff
-			i += 8
-		}
-		s += lo&0xffffffff + lo>>32 + hi&0xffffffff + hi>>32
+	for ; i+32 <= len(b); i += 32 {
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i:]), 0)
+		carries += c
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+8:]), 0)
+		carries += c
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+16:]), 0)
+		carries += c
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+24:]), 0)
+		carries += c
+	}
+	for ; i+8 <= len(b); i += 8 {
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i:]), 0)
+		carries += c
 	}
 	for ; i+2 <= len(b); i += 2 {
-		s += uint64(binary.LittleEndian.Uint16(b[i:]))
+		s, c = bits.Add64(s, uint64(binary.LittleEndian.Uint16(b[i:])), 0)
+		carries += c
 	}
 	if i < len(b) {
-		s += uint64(b[i])
+		s, c = bits.Add64(s, uint64(b[i]), 0)
+		carries += c
 	}
-	return s
+	// 2^64 = 1 (mod 0xffff): each carry counts 1.
+	return (s%0xffff + carries%0xffff) % 0xffff
 }
 
-// sumFile returns the plain word sum of the first size bytes of r.
+// subSum returns a - b modulo 0xffff.
+func subSum(a, b uint64) uint64 {
+	return (a%0xffff + 0xffff - b%0xffff) % 0xffff
+}
+
+// sumFile returns the word sum (modulo 0xffff) of the first size bytes of r.
 func sumFile(r io.ReaderAt, size int64) (uint64, error) {
 	return sumRange(r, 0, size)
 }
 
-// sumRange returns the plain word sum of the bytes [start, end) of r.
+// sumRange returns the word sum (modulo 0xffff) of the bytes [start, end) of r.
 func sumRange(r io.ReaderAt, start, end int64) (uint64, error) {
 	buf := make([]byte, min(chunkSize, end-start))
 	var s uint64
@@ -231,7 +284,7 @@ func sumRange(r io.ReaderAt, start, end int64) (uint64, error) {
 		if err := readFull(r, buf[:n], off); err != nil {
 			return 0, err
 		}
-		s += wordSum(buf[:n], off)
+		s = (s + wordSum(buf[:n], off)) % 0xffff
 		off += n
 	}
 	return s, nil

@@ -384,7 +384,7 @@ func (f *File) copyRaw(w io.Writer) error {
 
 // layout returns what signing appends to the file (padding to 8 bytes, then
 // the WIN_CERTIFICATE, then padding), the new certificate table entry and
-// the new CheckSum, given the plain word sum of the input.
+// the new CheckSum, given the word sum of the input (see wordSum).
 //
 // As systemd-sbsign: dwLength = 8 + the DER length (unpadded), the entry's
 // Size grows by the padded length.
@@ -412,7 +412,7 @@ func (f *File) layout(inputSum uint64, p7 []byte) (tail, entry, checksum []byte)
 	binary.LittleEndian.PutUint32(oldEntry[0:], ct.VirtualAddress)
 	binary.LittleEndian.PutUint32(oldEntry[4:], ct.Size)
 	binary.LittleEndian.PutUint32(oldSum[:], f.OptionalHeader.CheckSum)
-	s := inputSum - wordSum(oldSum[:4], f.checksumOffset) - wordSum(oldEntry[:], f.certEntryOffset) +
+	s := subSum(subSum(inputSum, wordSum(oldSum[:4], f.checksumOffset)), wordSum(oldEntry[:], f.certEntryOffset)) +
 		wordSum(entry, f.certEntryOffset) + wordSum(tail, f.size)
 	checksum = make([]byte, 4)
 	binary.LittleEndian.PutUint32(checksum, FinishChecksum(s, f.size+int64(len(tail))))
