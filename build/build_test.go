@@ -225,7 +225,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 		}
 		peers[ch.By] = true
 	}
-	for _, p := range []string{"sbverify", "osslsigncode", "openssl", "veritysetup", "gpg", "sha256sum", "signet"} {
+	for _, p := range []string{"sbverify", "osslsigncode", "openssl", "veritysetup", "gpg", "sha256sum", "systemd-measure", "signet"} {
 		if !peers[p] {
 			t.Errorf("no check by %s", p)
 		}

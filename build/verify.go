@@ -215,6 +215,7 @@ func (v *verifier) uki(o Output, sb, pcr *x509.Certificate) {
 		if err != nil {
 			return err
 		}
+		v.measurePeer(o.File, ins, o.Banks, phases, rel.Major, measure.MarshalResult(res, measure.Short))
 		entries, err := measure.Prepare(res, pcr.PublicKey)
 		if err != nil {
 			return err
@@ -399,4 +400,55 @@ func (v *verifier) manifestOpenPGP(o Output) {
 	keyring := v.tmpFile("pubring.pgp", ring)
 	v.peer(o.File, "OpenPGP key import", "", "gpg", "--homedir", home, "--batch", "--quiet", "--import", keyring)
 	v.peer(o.File, "OpenPGP signature of "+sums, "[GNUPG:] GOODSIG", "gpg", "--homedir", home, "--batch", "--status-fd", "1", "--verify", v.path(o.File), v.path(sums))
+}
+
+// measurePeer has systemd-measure calculate PCR 11 from the UKI's measured
+// sections and compares its JSON with signet's prediction. The tool's
+// release must be the stub's: each release measures the sections it knows.
+func (v *verifier) measurePeer(file string, ins []measure.Input, banks, phases []string, stubMajor int, want []byte) {
+	const what = "PCR 11 prediction"
+	tool := ""
+	for _, p := range []string{"/usr/lib/systemd/systemd-measure", "/lib/systemd/systemd-measure"} {
+		if _, err := os.Stat(p); err == nil {
+			tool = p
+			break
+		}
+	}
+	if tool == "" {
+		v.add(file, "systemd-measure", what, ErrPeerMissing)
+		return
+	}
+	out, err := exec.Command(tool, "--version").Output()
+	var major int
+	if _, e := fmt.Sscanf(string(out), "systemd %d", &major); err != nil || e != nil {
+		v.add(file, "systemd-measure", what, fmt.Errorf("cannot tell its release: %v", err))
+		return
+	}
+	if major != stubMajor {
+		v.add(file, "systemd-measure", what, fmt.Errorf("%w: systemd-measure %d for a systemd-stub %d UKI", ErrPeerMissing, major, stubMajor))
+		return
+	}
+	args := []string{"calculate", "--json=short"}
+	for _, b := range banks {
+		args = append(args, "--bank="+b)
+	}
+	for _, p := range phases {
+		if p == "" {
+			p = ":"
+		}
+		args = append(args, "--phase="+p)
+	}
+	for _, in := range ins {
+		data := make([]byte, in.Size)
+		if _, err := in.R.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+			v.add(file, "systemd-measure", what, err)
+			return
+		}
+		args = append(args, "--"+strings.TrimPrefix(in.Section.String(), ".")+"="+v.tmpFile(in.Section.String()[1:], data))
+	}
+	got, err := exec.Command(tool, args...).Output()
+	if err == nil && !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
+		err = fmt.Errorf("systemd-measure predicts %s, signet %s", bytes.TrimSpace(got), bytes.TrimSpace(want))
+	}
+	v.add(file, "systemd-measure", what, err)
 }
