@@ -1,0 +1,227 @@
+// Command benchserve measures the signing service under load (run by
+// scripts/bench-serve): the raw PKCS#11 signing rate of a SoftHSM2 RSA key
+// in-process, then items signed per second through signet serve's HTTP API
+// with the same key (concurrent clients on loopback submitting batched
+// requests and waiting for their responses), with request latency
+// percentiles and the ratio of the two rates.
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"signet.dev/keys"
+	"signet.dev/request"
+	"signet.dev/server/client"
+)
+
+var (
+	signet   = flag.String("signet", "", "signet binary (built with cgo)")
+	clients  = flag.Int("clients", 8, "concurrent API clients")
+	batch    = flag.Int("batch", 64, "items per request")
+	requests = flag.Int("requests", 120, "requests to submit")
+	workers  = flag.Int("workers", 2*runtime.NumCPU(), "signing sessions (raw run and service)")
+	rawDur   = flag.Duration("raw", 3*time.Second, "length of the raw signing run")
+	store    = flag.String("store", "sqlite", "sqlite, or a postgres DSN")
+)
+
+func must(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchserve:", err)
+		os.Exit(1)
+	}
+}
+
+func run(name string, args ...string) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		must(fmt.Errorf("%s %v: %v\n%s", name, args, err, out))
+	}
+}
+
+func main() {
+	flag.Parse()
+	if *signet == "" {
+		must(fmt.Errorf("no -signet binary"))
+	}
+	dir, err := os.MkdirTemp("", "signet-bench-")
+	must(err)
+	defer os.RemoveAll(dir)
+
+	// A SoftHSM2 token with an RSA-2048 key; the certificate is a file.
+	os.Mkdir(filepath.Join(dir, "tokens"), 0o700)
+	conf := filepath.Join(dir, "softhsm2.conf")
+	must(os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600))
+	os.Setenv("SOFTHSM2_CONF", conf)
+	run("softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678")
+	keyPath, certPath := filepath.Join(dir, "k.pem"), filepath.Join(dir, "k.crt")
+	run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", keyPath, "-out", certPath, "-subj", "/CN=bench", "-days", "30")
+	run("softhsm2-util", "--import", keyPath, "--token", "bench", "--label", "bench", "--id", "01", "--pin", "1234")
+	uri := "pkcs11:token=bench;object=bench?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234"
+
+	raw1 := rawRate(uri)
+
+	skey, vkey, err := note.GenerateKey(rand.Reader, "bench/audit")
+	must(err)
+	must(os.WriteFile(filepath.Join(dir, "audit.key"), []byte(skey), 0o600))
+	tok := "bench-token"
+	th := sha256.Sum256([]byte(tok))
+	port := freePort()
+	dsn, driver := filepath.Join(dir, "signet.db"), "sqlite"
+	if *store != "sqlite" {
+		dsn, driver = *store, "postgres"
+	}
+	cfg := fmt.Sprintf(`listen = "127.0.0.1:%d"
+audit_key = "audit.key"
+batch = 256
+[store]
+driver = %q
+dsn = %q
+[limits]
+rate = 100000
+max_items = 100000
+[[keys]]
+name = "bench"
+private_key = %q
+certificate = %q
+kinds = ["verity-roothash"]
+workers = %d
+[[clients]]
+name = "bench"
+token_sha256 = ["%x"]
+keys = ["bench"]
+`, port, driver, dsn, uri, certPath, *workers, th)
+	cfgPath := filepath.Join(dir, "signet.toml")
+	must(os.WriteFile(cfgPath, []byte(cfg), 0o600))
+	srv := exec.Command(*signet, "serve", "--config", cfgPath, "--log-level", "warn")
+	srv.Stderr = os.Stderr
+	must(srv.Start())
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		srv.Wait()
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for i := 0; ; i++ {
+		if resp, err := http.Get(url + "/healthz"); err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			break
+		}
+		if i > 300 {
+			must(fmt.Errorf("signet serve did not start"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Prepare every request first: the clients only submit and wait.
+	bodies := make([][]byte, *requests)
+	reqs := make([]*request.Request, *requests)
+	for i := range bodies {
+		r := &request.Request{Format: request.FormatRequest}
+		for j := range *batch {
+			var rh [32]byte
+			rand.Read(rh[:])
+			h := hex.EncodeToString(rh[:])
+			r.Items = append(r.Items, request.Item{ID: fmt.Sprintf("roothashes/%d.roothash", j), Kind: request.KindVerityRootHash, Key: "bench", Hash: "sha256", TBS: []byte(h), Verity: &request.VerityContext{Image: "img", RootHash: h}})
+		}
+		b, err := r.Marshal()
+		must(err)
+		bodies[i], reqs[i] = b, r
+	}
+	c, err := client.New(url, client.Options{Token: tok})
+	must(err)
+	c.Poll = 5 * time.Millisecond
+	var next atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range *clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(bodies) {
+					return
+				}
+				t0 := time.Now()
+				st, err := c.Submit(context.Background(), bodies[i])
+				must(err)
+				res, err := c.Wait(context.Background(), st.ID)
+				must(err)
+				d := time.Since(t0)
+				if i%10 == 0 { // spot-check the responses, off the clock
+					must(client.VerifyResult(reqs[i], res, vkey))
+				}
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	items := float64(*requests * *batch)
+	rate := items / el.Seconds()
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	fmt.Printf("signet serve (%s, %d clients, %d requests × %d items): %.0f items/s; request latency p50 %v, p99 %v\n",
+		driver, *clients, *requests, *batch, rate, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
+	// The raw rate again, after: on a shared machine the load around the
+	// API run is what the mean of both sees.
+	raw2 := rawRate(uri)
+	raw := (raw1 + raw2) / 2
+	fmt.Printf("raw PKCS#11 (crypto11, SoftHSM2 RSA-2048, %d goroutines): %.0f signatures/s (before %.0f, after %.0f)\n", *workers, raw, raw1, raw2)
+	fmt.Printf("ratio API / raw: %.0f%%\n", 100*rate/raw)
+}
+
+// rawRate signs with workers goroutines for rawDur and returns signatures
+// per second.
+func rawRate(uri string) float64 {
+	s, err := keys.Open("provider:pkcs11", uri)
+	must(err)
+	defer s.Close()
+	tbs := []byte("5e0f6d4ad1a0e58f6a5c3f0c7b9d2e1f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d")
+	var n atomic.Int64
+	deadline := time.Now().Add(*rawDur)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range *workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				_, err := keys.Sign(s, crypto.SHA256, tbs)
+				must(err)
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
