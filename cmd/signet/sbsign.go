@@ -23,6 +23,15 @@ func newSbsignCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sbsign",
 		Short: "Sign EFI binaries and UKIs for Secure Boot (as systemd-sbsign)",
+		// Runnable so that an unknown verb is an error, and `help` works
+		// as systemd-sbsign's help verb.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 || args[0] == "help" {
+				return cmd.Help()
+			}
+			return fmt.Errorf("unknown verb %q (use sign or verify)", args[0])
+		},
 	}
 	cmd.AddCommand(newSbsignSignCmd(), newSbsignVerifyCmd())
 	return cmd
@@ -47,7 +56,7 @@ Offline: sign --certificate=CERT --prepare-offline-signing --output=SIGNED_DATA 
 
 SOURCE_DATE_EPOCH (seconds) sets the signingTime attribute. An image that is
 already signed gets an additional signature.`,
-		Args: cobra.ExactArgs(1),
+		Args: exactlyOne("EXEFILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in := args[0]
 			switch {
@@ -158,7 +167,7 @@ func newSbsignVerifyCmd() *cobra.Command {
 digest) and exit 0 only if one made by CERT (or by a certificate CERT issued)
 verifies over the image's current Authenticode digest. CERT may hold several
 certificates.`,
-		Args: cobra.ExactArgs(1),
+		Args: exactlyOne("FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if certPath == "" {
 				return errors.New("--certificate= is required")
@@ -213,6 +222,16 @@ func describeSignature(s *authenticode.Signature) string {
 		when = "signed " + s.SigningTime.UTC().Format("2006-01-02T15:04:05Z")
 	}
 	return fmt.Sprintf("%s, %s, digest %s:%x", signer, when, strings.ReplaceAll(strings.ToLower(s.Hash.String()), "-", ""), s.Digest)
+}
+
+// exactlyOne requires exactly one positional argument, named in the error.
+func exactlyOne(name string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("%s: exactly one %s argument expected, got %d", cmd.Name(), name, len(args))
+		}
+		return nil
+	}
 }
 
 // openPE opens and parses a PE image; errors name the file.
