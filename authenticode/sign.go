@@ -227,26 +227,41 @@ func readTime(s *cryptobyte.String) (time.Time, bool) {
 	return t, false
 }
 
-// assemble checks sig over the signed attributes with cert's key, checks
-// that the attributes commit to digest, and returns the DER PKCS#7
-// SignedData to embed.
-func assemble(signedAttrs, digest []byte, cert *x509.Certificate, sig []byte) ([]byte, error) {
+// CheckSignedAttributes checks that signedAttrs are Authenticode signed
+// attributes committing to an image whose SHA-256 Authenticode digest is
+// digest: what a signing service can check of a request before signing it.
+// It returns ErrSignedAttributes or ErrImageChanged.
+func CheckSignedAttributes(signedAttrs, digest []byte) error {
 	if _, err := ParseSignedAttributes(signedAttrs); err != nil {
-		return nil, err
+		return err
 	}
 	spc, err := SpcIndirectDataContent(Hash, digest)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	octets, _ := contentOctets(spc)
 	want := Hash.New()
 	want.Write(octets)
 	md, err := cms.MessageDigest(signedAttrs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignedAttributes, err)
+		return fmt.Errorf("%w: %v", ErrSignedAttributes, err)
 	}
 	if !bytes.Equal(md, want.Sum(nil)) {
-		return nil, ErrImageChanged
+		return ErrImageChanged
+	}
+	return nil
+}
+
+// assemble checks sig over the signed attributes with cert's key, checks
+// that the attributes commit to digest, and returns the DER PKCS#7
+// SignedData to embed.
+func assemble(signedAttrs, digest []byte, cert *x509.Certificate, sig []byte) ([]byte, error) {
+	if err := CheckSignedAttributes(signedAttrs, digest); err != nil {
+		return nil, err
+	}
+	spc, err := SpcIndirectDataContent(Hash, digest)
+	if err != nil {
+		return nil, err
 	}
 	if err := keys.Verify(cert.PublicKey, Hash, signedAttrs, sig); err != nil {
 		return nil, fmt.Errorf("%w with certificate %q over the signed attributes", ErrBadSignature, cert.Subject.String())

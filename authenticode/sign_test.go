@@ -139,6 +139,12 @@ func TestJoinRefuses(t *testing.T) {
 	if err := Join(f2, p.SignedAttributes, k.Cert, sig, &out); !errors.Is(err, ErrImageChanged) || out.Len() != 0 {
 		t.Errorf("changed image: %v, %d bytes written", err, out.Len())
 	}
+	if err := CheckSignedAttributes(p.SignedAttributes, p.Digest); err != nil {
+		t.Errorf("CheckSignedAttributes of Prepare's output: %v", err)
+	}
+	if err := CheckSignedAttributes(p.SignedAttributes, make([]byte, 32)); !errors.Is(err, ErrImageChanged) {
+		t.Errorf("CheckSignedAttributes with another digest: %v", err)
+	}
 	if err := Join(f, []byte{0x30, 0}, k.Cert, sig, &out); !errors.Is(err, ErrSignedAttributes) {
 		t.Errorf("garbage signed data: %v", err)
 	}
