@@ -120,7 +120,11 @@ func LoadConfig(path string) (*Config, error) {
 	if un := md.Undecoded(); len(un) > 0 {
 		return nil, fmt.Errorf("config %s: unknown setting %q", path, un[0].String())
 	}
-	c.resolve(filepath.Dir(path))
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c.resolve(filepath.Dir(abs))
 	if err := c.Check(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}

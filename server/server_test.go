@@ -437,3 +437,20 @@ func TestAuditTamper(t *testing.T) {
 		t.Fatalf("log edited in the database: %v, want ErrMismatch", err)
 	}
 }
+
+// The documented example configuration is valid.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := LoadConfig("../docs/server.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Keys) != 3 || cfg.Keys[0].Approvals != 2 || cfg.TLS == nil || !filepath.IsAbs(cfg.Keys[0].Certificate) {
+		t.Fatalf("%+v", cfg)
+	}
+	// A typo is an error, not a silently ignored setting.
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte("listen = \"127.0.0.1:1\"\naudit_key = \"k\"\n[store]\ndsn = \"x\"\n[limits]\nmax_itmes = 3\n"), 0o600)
+	if _, err := LoadConfig(bad); err == nil || !strings.Contains(err.Error(), `unknown setting "limits.max_itmes"`) {
+		t.Fatalf("typo: %v", err)
+	}
+}
