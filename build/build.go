@@ -65,8 +65,9 @@ var (
 type Options struct {
 	// Dir overrides the configuration's build directory.
 	Dir string
-	// Response, if set, is the response to the pending request (--resume).
-	Response []byte
+	// Responses answer the pending request (--resume): one response, or
+	// partial ones from several key holders, merged.
+	Responses [][]byte
 	// Log receives one line per step; nil discards.
 	Log io.Writer
 }
@@ -95,7 +96,7 @@ func Run(c *Config, o Options) (*Result, error) {
 	st, err := LoadState(dir)
 	switch {
 	case errors.Is(err, ErrNoState):
-		if o.Response != nil {
+		if len(o.Responses) > 0 {
 			return nil, fmt.Errorf("%s: %w: nothing to resume", dir, ErrNoState)
 		}
 		now, err := buildtime.Now()
@@ -110,8 +111,8 @@ func Run(c *Config, o Options) (*Result, error) {
 	if st.Config != hex.EncodeToString(c.digest[:]) {
 		return nil, fmt.Errorf("%s: %w (state %s)", dir, ErrConfigChanged, st.Config[:min(16, len(st.Config))])
 	}
-	if o.Response != nil {
-		if err := resume(c, dir, st, o.Response); err != nil {
+	if len(o.Responses) > 0 {
+		if err := resume(c, dir, st, o.Responses); err != nil {
 			return nil, err
 		}
 	} else if st.Pending != nil {
@@ -165,15 +166,22 @@ func Run(c *Config, o Options) (*Result, error) {
 
 // resume verifies a response against the pending request and stores its
 // signatures. Nothing is stored unless every signature verifies.
-func resume(c *Config, dir string, st *State, data []byte) error {
-	resp, err := request.ParseResponse(data)
-	if err != nil {
-		return err
-	}
-	for i, d := range st.Answered {
-		if d == resp.Request {
-			return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, i+1, waitingFor(st))
+func resume(c *Config, dir string, st *State, data [][]byte) error {
+	var parts []*request.Response
+	for i, d := range data {
+		resp, err := request.ParseResponse(d)
+		if err != nil {
+			if len(data) > 1 {
+				return fmt.Errorf("response %d: %w", i+1, err)
+			}
+			return err
 		}
+		for r, a := range st.Answered {
+			if a == resp.Request {
+				return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, r+1, waitingFor(st))
+			}
+		}
+		parts = append(parts, resp)
 	}
 	if st.Pending == nil {
 		return fmt.Errorf("%w: %s", ErrNotWaiting, waitingFor(st))
@@ -200,6 +208,10 @@ func resume(c *Config, dir string, st *State, data []byte) error {
 			return err
 		}
 		expect[it.Key] = cert
+	}
+	resp, err := request.Merge(req, parts...)
+	if err != nil {
+		return fmt.Errorf("response for round %d refused: %w", st.Pending.Round, err)
 	}
 	verified, err := request.Verify(req, resp, expect)
 	if err != nil {

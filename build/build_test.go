@@ -191,24 +191,24 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 		bad, _ := request.ParseResponse(resp)
 		bad.Items[0].Signature[10] ^= 0x40
 		badData, _ := bad.Marshal()
-		if _, err := Run(c, Options{Dir: dir, Response: badData}); !errors.Is(err, request.ErrBadSignature) {
+		if _, err := Run(c, Options{Dir: dir, Responses: [][]byte{badData}}); !errors.Is(err, request.ErrBadSignature) {
 			t.Fatalf("corrupted signature: %v", err)
 		}
 		sameSnapshot(t, "after a corrupted response", before, snapshot(t, dir))
 		// A response for another request (the previous round's) is refused.
 		if round > 1 {
-			if _, err := Run(c, Options{Dir: dir, Response: responses[round-2]}); !errors.Is(err, ErrAlreadyJoined) {
+			if _, err := Run(c, Options{Dir: dir, Responses: [][]byte{responses[round-2]}}); !errors.Is(err, ErrAlreadyJoined) {
 				t.Fatalf("previous round's response: %v", err)
 			}
 			sameSnapshot(t, "after an old response", before, snapshot(t, dir))
 		}
 
-		if res, err = Run(c, Options{Dir: dir, Response: resp}); err != nil {
+		if res, err = Run(c, Options{Dir: dir, Responses: [][]byte{resp}}); err != nil {
 			t.Fatalf("resume round %d: %v", round, err)
 		}
 		// Resuming twice is refused and changes nothing.
 		after := snapshot(t, dir)
-		if _, err := Run(c, Options{Dir: dir, Response: resp}); !errors.Is(err, ErrAlreadyJoined) {
+		if _, err := Run(c, Options{Dir: dir, Responses: [][]byte{resp}}); !errors.Is(err, ErrAlreadyJoined) {
 			t.Fatalf("resuming twice: %v", err)
 		}
 		sameSnapshot(t, "after resuming twice", after, snapshot(t, dir))
@@ -305,7 +305,7 @@ func TestResumeWithoutState(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "b")
-	if _, err := Run(c, Options{Dir: dir, Response: []byte("{}")}); !errors.Is(err, ErrNoState) {
+	if _, err := Run(c, Options{Dir: dir, Responses: [][]byte{[]byte("{}")}}); !errors.Is(err, ErrNoState) {
 		t.Fatalf("resume without state: %v", err)
 	}
 	// An empty build finishes at once; a changed configuration is refused.

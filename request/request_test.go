@@ -326,3 +326,47 @@ func FuzzReadOBSSignatures(f *testing.F) {
 		ReadOBSSignatures(bytes.NewReader(data))
 	})
 }
+
+func TestPartialAndMerge(t *testing.T) {
+	k := testkeys.Generate(t, testkeys.RSA2048)
+	r := sample()
+	check := func(*Item) error { return nil }
+	parts := []*Response{}
+	for _, keyset := range [][]string{{"db", "pcr"}, {"verity", "release"}, {"ipe"}} {
+		named := map[string]Key{}
+		for _, n := range keyset {
+			named[n] = Key{Signer: k.Signer, Certificate: k.Cert}
+		}
+		p, err := SignPartial(r, named, check)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Verify(r, p, nil); !errors.Is(err, ErrMissing) {
+			t.Fatalf("a partial response verified as complete: %v", err)
+		}
+		parts = append(parts, p)
+	}
+	merged, err := Merge(r, parts[2], parts[0], parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(r, merged, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range merged.Items {
+		if s.ID != r.Items[i].ID {
+			t.Fatalf("merged item %d is %s, want request order", i, s.ID)
+		}
+	}
+	if _, err := Merge(r, parts[0], parts[0]); err == nil {
+		t.Error("an item answered twice was merged")
+	}
+	other := sample()
+	other.Round = 9
+	if _, err := Merge(other, parts[0]); !errors.Is(err, ErrWrongRequest) {
+		t.Errorf("merge for another request: %v", err)
+	}
+	if _, err := SignPartial(r, map[string]Key{"nobody": {Signer: k.Signer, Certificate: k.Cert}}, check); err == nil {
+		t.Error("a partial signing with no matching key succeeded")
+	}
+}

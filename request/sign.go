@@ -27,14 +27,30 @@ type CheckFunc func(*Item) error
 // signed that a check refuses), signs the TBS with keys.Sign, and verifies
 // the result before returning the response.
 func Sign(r *Request, named map[string]Key, check CheckFunc) (*Response, error) {
+	return sign(r, named, check, false)
+}
+
+// SignPartial is Sign for the items whose key is in named; the others are
+// left out of the response, for their key holders to sign (see Merge). It
+// is an error if no item has a key in named.
+func SignPartial(r *Request, named map[string]Key, check CheckFunc) (*Response, error) {
+	return sign(r, named, check, true)
+}
+
+func sign(r *Request, named map[string]Key, check CheckFunc, partial bool) (*Response, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
+	var todo []*Item
 	for i := range r.Items {
 		it := &r.Items[i]
 		if _, ok := named[it.Key]; !ok {
+			if partial {
+				continue
+			}
 			return nil, fmt.Errorf("item %q: no key named %q given", it.ID, it.Key)
 		}
+		todo = append(todo, it)
 		if check == nil {
 			return nil, errors.New("request.Sign: no check function")
 		}
@@ -45,20 +61,23 @@ func Sign(r *Request, named map[string]Key, check CheckFunc) (*Response, error) 
 	// Sign on every core: RSA signing and verifying dominate a large
 	// request, and crypto.Signers (file keys, crypto11 sessions) are safe
 	// for concurrent use.
-	sigs := make([]Signature, len(r.Items))
-	errs := make([]error, len(r.Items))
+	if len(todo) == 0 && len(r.Items) > 0 {
+		return nil, errors.New("none of the given keys signs any item of the request")
+	}
+	sigs := make([]Signature, len(todo))
+	errs := make([]error, len(todo))
 	var wg sync.WaitGroup
 	next := make(chan int)
-	for w := 0; w < min(runtime.GOMAXPROCS(0), len(r.Items)); w++ {
+	for w := 0; w < min(runtime.GOMAXPROCS(0), len(todo)); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				sigs[i], errs[i] = signItem(&r.Items[i], named[r.Items[i].Key])
+				sigs[i], errs[i] = signItem(todo[i], named[todo[i].Key])
 			}
 		}()
 	}
-	for i := range r.Items {
+	for i := range todo {
 		next <- i
 	}
 	close(next)
@@ -138,6 +157,39 @@ func Verify(r *Request, resp *Response, expect map[string]*x509.Certificate) (ma
 			return nil, fmt.Errorf("item %q: %w (key %q, certificate %q)", it.ID, ErrBadSignature, it.Key, cert.Subject)
 		}
 		out[it.ID] = v
+	}
+	return out, nil
+}
+
+// Merge combines partial responses to r (from SignPartial, or from several
+// signers each holding some of the keys) into one, in the request's item
+// order. Every part must name r; an item answered twice is an error. The
+// result may still be incomplete: Verify says so.
+func Merge(r *Request, parts ...*Response) (*Response, error) {
+	want := r.DigestString()
+	byID := map[string]Signature{}
+	for i, p := range parts {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("response %d: %w", i+1, err)
+		}
+		if p.Request != want {
+			return nil, fmt.Errorf("response %d names request %s, not %s: %w", i+1, p.Request, want, ErrWrongRequest)
+		}
+		for _, s := range p.Items {
+			if r.Item(s.ID) == nil {
+				return nil, fmt.Errorf("response %d: item %q: %w", i+1, s.ID, invalid("the request has no such item"))
+			}
+			if _, dup := byID[s.ID]; dup {
+				return nil, fmt.Errorf("response %d: item %q is answered twice", i+1, s.ID)
+			}
+			byID[s.ID] = s
+		}
+	}
+	out := &Response{Format: FormatResponse, Request: want, Items: []Signature{}}
+	for _, it := range r.Items {
+		if s, ok := byID[it.ID]; ok {
+			out.Items = append(out.Items, s)
+		}
 	}
 	return out, nil
 }

@@ -17,7 +17,8 @@ const exitPending = 75
 func init() { commands = append(commands, newBuildCmd) }
 
 func newBuildCmd() *cobra.Command {
-	var resume, dir string
+	var resume []string
+	var dir string
 	var keyVals []string
 	cmd := &cobra.Command{
 		Use:   "build CONFIG [--resume=RESPONSE] [--dir=BUILD-DIR] [--key NAME=KEY]...",
@@ -26,7 +27,8 @@ func newBuildCmd() *cobra.Command {
 online keys are made on the spot. When a signature needs an offline key, the
 build writes round-N.request.json into the build directory and exits with
 status 75; sign it (signet request sign, or OBS) and run again with
---resume=RESPONSE. --key NAME=KEY makes key NAME online for this run (a PEM
+--resume=RESPONSE (several --resume= when key holders answered their items
+separately with signet request sign --partial). --key NAME=KEY makes key NAME online for this run (a PEM
 file or a pkcs11: URI), whatever the configuration says.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -42,10 +44,12 @@ file or a pkcs11: URI), whatever the configuration says.`,
 				return err
 			}
 			o := build.Options{Dir: dir, Log: cmd.ErrOrStderr()}
-			if resume != "" {
-				if o.Response, err = os.ReadFile(resume); err != nil {
+			for _, p := range resume {
+				data, err := os.ReadFile(p)
+				if err != nil {
 					return err
 				}
+				o.Responses = append(o.Responses, data)
 			}
 			res, err := build.Run(c, o)
 			if err != nil {
@@ -60,7 +64,7 @@ file or a pkcs11: URI), whatever the configuration says.`,
 				res.Round, res.Items, strings.Join(res.Keys, ", "), res.Request, args[0])}
 		},
 	}
-	cmd.Flags().StringVar(&resume, "resume", "", "response to the pending request")
+	cmd.Flags().StringArrayVar(&resume, "resume", nil, "response to the pending request (repeat for partial responses by several key holders)")
 	cmd.Flags().StringVar(&dir, "dir", "", "build directory (default: the configuration's)")
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: sign with key NAME online (PEM file or pkcs11: URI)")
 	return cmd

@@ -25,7 +25,7 @@ func newRequestCmd() *cobra.Command {
 at one point; a response (signet.response/v1) carries the raw signatures back.
 See docs/request.md.`,
 	}
-	cmd.AddCommand(newRequestShowCmd(), newRequestSignCmd(), newRequestExportCmd(), newRequestImportCmd())
+	cmd.AddCommand(newRequestShowCmd(), newRequestSignCmd(), newRequestMergeCmd(), newRequestExportCmd(), newRequestImportCmd())
 	return cmd
 }
 
@@ -110,8 +110,9 @@ func loadCerts(flag string, vals []string) (map[string]*x509.Certificate, error)
 func newRequestSignCmd() *cobra.Command {
 	var keyVals, certVals []string
 	var output string
+	var partial bool
 	cmd := &cobra.Command{
-		Use:   "sign REQUEST --key NAME=KEY [--certificate NAME=CERT]... --output RESPONSE",
+		Use:   "sign REQUEST --key NAME=KEY [--certificate NAME=CERT]... [--partial] --output RESPONSE",
 		Short: "Check every item of a request and sign it with local keys",
 		Long: `Checks each item against its kind (package signet.dev/request/check), refuses
 the whole request if any item fails, signs every TBS with the key of the
@@ -120,7 +121,8 @@ item's key name, verifies each signature, and writes the response.
 --key NAME=KEY names a key: a PEM private key file, or a pkcs11: URI.
 --certificate NAME=CERT gives its certificate (PEM/DER file, or pkcs11: URI);
 for a pkcs11: key without one, the certificate on the token with the same
-URI is used.`,
+URI is used. With --partial, only the items of the given keys are signed,
+for signet request merge (or several signet build --resume=) to combine.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
@@ -166,7 +168,11 @@ URI is used.`,
 					return fmt.Errorf("--certificate %s: no --key %s given", name, name)
 				}
 			}
-			resp, err := request.Sign(r, named, check.Item)
+			signFunc := request.Sign
+			if partial {
+				signFunc = request.SignPartial
+			}
+			resp, err := signFunc(r, named, check.Item)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
@@ -183,7 +189,59 @@ URI is used.`,
 	}
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: private key (PEM file or pkcs11: URI) for key name NAME (repeatable)")
 	cmd.Flags().StringArrayVar(&certVals, "certificate", nil, "NAME=CERT: certificate of key NAME (repeatable)")
+	cmd.Flags().BoolVar(&partial, "partial", false, "sign only the items of the given keys")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "response file to write")
+	return cmd
+}
+
+func newRequestMergeCmd() *cobra.Command {
+	var reqPath, output string
+	var certVals []string
+	cmd := &cobra.Command{
+		Use:   "merge --request REQUEST RESPONSE... --output RESPONSE",
+		Short: "Combine partial responses into one, verifying every signature",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reqPath == "" || output == "" {
+				return fmt.Errorf("--request= and --output= are required")
+			}
+			r, err := readRequest(reqPath)
+			if err != nil {
+				return err
+			}
+			var parts []*request.Response
+			for _, p := range args {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				resp, err := request.ParseResponse(data)
+				if err != nil {
+					return fmt.Errorf("%s: %w", p, err)
+				}
+				parts = append(parts, resp)
+			}
+			certs, err := loadCerts("certificate", certVals)
+			if err != nil {
+				return err
+			}
+			resp, err := request.Merge(r, parts...)
+			if err != nil {
+				return err
+			}
+			if _, err := request.Verify(r, resp, certs); err != nil {
+				return err
+			}
+			data, err := resp.Marshal()
+			if err != nil {
+				return err
+			}
+			return atomicfile.WriteFile(output, data, 0o644)
+		},
+	}
+	cmd.Flags().StringVar(&reqPath, "request", "", "the request the responses answer")
+	cmd.Flags().StringArrayVar(&certVals, "certificate", nil, "NAME=CERT: expected certificate of key NAME (optional, repeatable)")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "merged response to write")
 	return cmd
 }
 
