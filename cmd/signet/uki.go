@@ -241,6 +241,9 @@ signatures later.`,
 				if err != nil {
 					return err
 				}
+				if t.Unix() < 0 || t.Unix() > 1<<32-1 {
+					return fmt.Errorf("SOURCE_DATE_EPOCH %d does not fit the PE TimeDateStamp (32 bits)", t.Unix())
+				}
 				plan.Timestamp = uint32(t.Unix())
 			}
 			var docs []*measure.PCRSig
