@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"signet.dev/keys"
 	"signet.dev/tpm2policy"
@@ -115,7 +116,7 @@ func ParsePCRSig(data []byte) (*PCRSig, error) {
 			return nil, bad("%v", err)
 		}
 		name := t.(string)
-		if _, err := ParseBank(name); err != nil || name != stringsToLower(name) {
+		if _, err := ParseBank(name); err != nil || name != strings.ToLower(name) {
 			return nil, bad("unknown bank %q", name)
 		}
 		if seen[name] {
@@ -144,8 +145,6 @@ func ParsePCRSig(data []byte) (*PCRSig, error) {
 	}
 	return p, nil
 }
-
-func stringsToLower(s string) string { return string(bytes.ToLower([]byte(s))) }
 
 func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
 	var e SigEntry

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"signet.dev/measure"
@@ -102,7 +103,7 @@ func NewPlan(stub *File, parts []Part, profiles [][]Part) (*Plan, error) {
 		seen := map[string]bool{}
 		var ordered []Part
 		for _, s := range ps {
-			if !contains2(ProfileSections, s.Name) {
+			if !slices.Contains(ProfileSections, s.Name) {
 				return nil, fmt.Errorf("profile %d: section %s cannot be part of a profile", i, s.Name)
 			}
 			if seen[s.Name] {
@@ -122,15 +123,6 @@ func NewPlan(stub *File, parts []Part, profiles [][]Part) (*Plan, error) {
 		p.profiles = append(p.profiles, ordered)
 	}
 	return p, nil
-}
-
-func contains2(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Release is the stub's release.

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 
 	"signet.dev/measure"
@@ -215,7 +216,7 @@ func MeasuredInputs(secs []*Named, major int) ([]measure.Input, []Decision, erro
 		switch {
 		case sec == measure.PCRSigSection:
 			d.Reason = "never measured: it carries the signatures"
-		case !contains(known, sec):
+		case !slices.Contains(known, sec):
 			d.Reason = fmt.Sprintf("not measured: systemd-stub %d does not know it (measured from %d on)", major, SinceRelease(sec))
 		case s.Size == 0:
 			d.Reason = "not measured: empty"
@@ -227,13 +228,4 @@ func MeasuredInputs(secs []*Named, major int) ([]measure.Input, []Decision, erro
 		why = append(why, d)
 	}
 	return ins, why, nil
-}
-
-func contains(l []measure.Section, s measure.Section) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
