@@ -134,12 +134,13 @@ func PCRPublicKey(secs []*Named) (crypto.PublicKey, error) {
 	return pub, nil
 }
 
-// JoinPCRSig writes a copy of the UKI f with doc as its .pcrsig section
-// (ukify --join-pcrsig), after checking that every entry's pol is one this
-// UKI's measured sections produce and that its signature verifies with the
-// UKI's .pcrpkey. The sections after .pcrsig move to make room. The UKI
-// must not be Secure Boot signed yet (the signature covers .pcrsig).
-func JoinPCRSig(f *File, doc *measure.PCRSig, w io.Writer) (int64, error) {
+// JoinPCRSig writes a copy of the UKI f with doc as the .pcrsig section of
+// profile (ukify --join-pcrsig; profile is ignored for a UKI without
+// profiles), after checking that every entry's pol is one this profile's
+// measured sections produce and that its signature verifies with the UKI's
+// .pcrpkey. The sections after .pcrsig move to make room. The UKI must not
+// be Secure Boot signed yet (the signature covers .pcrsig).
+func JoinPCRSig(f *File, profile int, doc *measure.PCRSig, w io.Writer) (int64, error) {
 	if f.Signed() {
 		return 0, errors.New("UKI is already Secure Boot signed; join the PCR signatures first, then sign it")
 	}
@@ -148,17 +149,39 @@ func JoinPCRSig(f *File, doc *measure.PCRSig, w io.Writer) (int64, error) {
 		return 0, err
 	}
 	secs := f.named()
-	if profs := Profiles(secs); len(profs) > 1 {
-		return 0, fmt.Errorf("UKI has %d profiles; joining a .pcrsig into a multi-profile UKI is not supported", len(profs))
+	profs := Profiles(secs)
+	// [from, to) is the range of sections the .pcrsig belongs to.
+	from, to := 0, len(f.Sections)
+	var prof Profile
+	if profs[0].Index < 0 {
+		prof = profs[0]
+	} else {
+		if profile < 0 || profile >= len(profs) {
+			return 0, fmt.Errorf("UKI has profiles 0 to %d, not %d", len(profs)-1, profile)
+		}
+		prof = profs[profile]
+		n := -1
+		for i, s := range f.Sections {
+			if s.Name != ".profile" {
+				continue
+			}
+			n++
+			if n == profile {
+				from = i
+			} else if n == profile+1 {
+				to = i
+				break
+			}
+		}
 	}
-	pub, err := PCRPublicKey(secs)
+	pub, err := PCRPublicKey(prof.Sections)
 	if err != nil {
 		return 0, err
 	}
 	if pub == nil {
 		return 0, errors.New("UKI has no .pcrpkey section to verify the signatures against")
 	}
-	st, err := CheckPCRSig(secs, rel.Major, doc, pub)
+	st, err := CheckPCRSig(prof.Sections, rel.Major, doc, pub)
 	if err != nil {
 		return 0, err
 	}
@@ -170,29 +193,31 @@ func JoinPCRSig(f *File, doc *measure.PCRSig, w io.Writer) (int64, error) {
 			return 0, fmt.Errorf("%s entry pol %x: %w", s.Bank, s.Entry.Pol, s.Err)
 		}
 	}
-	at := -1
-	for i, s := range f.Sections {
-		if s.Name == ".pcrsig" {
-			at = i
+	at, replace := -1, false
+	for i := from; i < to; i++ {
+		if f.Sections[i].Name == ".pcrsig" {
+			at, replace = i, true
 			break
 		}
 	}
-	if at < 0 {
-		// No placeholder: insert before a trailing .linux, as ukify places it.
-		if n := len(f.Sections); n > 0 && f.Sections[n-1].Name == ".linux" {
-			at = n - 1
-		} else {
-			return 0, errors.New("UKI has no .pcrsig section and does not end with .linux; cannot place one")
-		}
+	switch {
+	case at >= 0:
+	case profs[0].Index >= 0:
+		at = to // a profile's .pcrsig follows its sections
+	case len(f.Sections) > 0 && f.Sections[len(f.Sections)-1].Name == ".linux":
+		at = len(f.Sections) - 1 // before a trailing .linux, as ukify places it
+	default:
+		return 0, errors.New("UKI has no .pcrsig section and does not end with .linux; cannot place one")
 	}
 	im := newImage(f, at)
 	if err := im.add(BytesPart(".pcrsig", doc.Marshal(measure.Python))); err != nil {
 		return 0, err
 	}
-	for _, s := range f.Sections[at:] {
-		if s.Name == ".pcrsig" {
-			continue
-		}
+	rest := f.Sections[at:]
+	if replace {
+		rest = rest[1:]
+	}
+	for _, s := range rest {
 		if err := im.add(Part{Name: s.Name, R: s.Open(), Size: s.Size(), Characteristics: s.Characteristics}); err != nil {
 			return 0, err
 		}

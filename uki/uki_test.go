@@ -205,7 +205,7 @@ func TestJoinPCRSig(t *testing.T) {
 		t.Fatal(err)
 	}
 	var joined bytes.Buffer
-	if _, err := uki.JoinPCRSig(u, doc, &joined); err != nil {
+	if _, err := uki.JoinPCRSig(u, 0, doc, &joined); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(joined.Bytes(), mustRead(t, online)) {
@@ -222,12 +222,12 @@ func TestJoinPCRSig(t *testing.T) {
 	for _, e := range entries[0] {
 		forged.Add("sha256", measure.SigEntry{PCRs: []int{11}, Pol: e.Pol, Sig: bad[string(e.Pol)]})
 	}
-	if _, err := uki.JoinPCRSig(u, forged, &bytes.Buffer{}); err == nil {
+	if _, err := uki.JoinPCRSig(u, 0, forged, &bytes.Buffer{}); err == nil {
 		t.Fatal("signatures by another key accepted")
 	}
 	// Properly signed policies of a different UKI: refused.
 	otherUKI := openUKI(t, buildUKI(t, dir, "other.efi", k, []byte("kernel 2"), "quiet"))
-	if _, err := uki.JoinPCRSig(otherUKI, doc, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "does not match any PCR 11 value") {
+	if _, err := uki.JoinPCRSig(otherUKI, 0, doc, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "does not match any PCR 11 value") {
 		t.Fatalf("policies of another UKI: %v", err)
 	}
 }
@@ -320,6 +320,31 @@ func TestProfiles(t *testing.T) {
 		if len(p.PCRSig) != 1 || !p.PCRSig[0].Verifies {
 			t.Fatalf("profile %d .pcrsig %+v", p.Index, p.PCRSig)
 		}
+	}
+
+	// Offline, profile by profile: unsigned policies, then each profile's
+	// signatures joined; the result is the online build.
+	var unsigned bytes.Buffer
+	if _, err := plan.WriteTo(&unsigned, []*measure.PCRSig{measure.PolicyDigest(entries[0]), measure.PolicyDigest(entries[1])}); err != nil {
+		t.Fatal(err)
+	}
+	cur := unsigned.Bytes()
+	for i := range docs {
+		u, err := uki.Parse(bytes.NewReader(cur), int64(len(cur)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := uki.JoinPCRSig(u, 1-i, docs[i], &bytes.Buffer{}); err == nil {
+			t.Fatalf("profile %d's signatures accepted for profile %d", i, 1-i)
+		}
+		var next bytes.Buffer
+		if _, err := uki.JoinPCRSig(u, i, docs[i], &next); err != nil {
+			t.Fatalf("profile %d: %v", i, err)
+		}
+		cur = next.Bytes()
+	}
+	if !bytes.Equal(cur, out.Bytes()) {
+		t.Fatal("profile-by-profile join differs from the online build")
 	}
 }
 

@@ -306,9 +306,12 @@ signatures later.`,
 }
 
 func newUKIJoinCmd() *cobra.Command {
-	var pcrsig, output string
+	var (
+		pcrsig, output string
+		profile        int
+	)
 	cmd := &cobra.Command{
-		Use:   "join-pcrsig UKI --pcrsig=JSON|@FILE --output=OUT",
+		Use:   "join-pcrsig UKI --pcrsig=JSON|@FILE [--profile-index=N] --output=OUT",
 		Short: "Replace a UKI's .pcrsig with signed policies, verifying them first",
 		Long: `Writes a copy of UKI with the given .pcrsig JSON (ukify --join-pcrsig). Every
 entry's pol must be the PolicyPCR digest of a PCR 11 value the UKI's measured
@@ -341,7 +344,7 @@ sections produce, and its signature must verify with the UKI's .pcrpkey.`,
 				return err
 			}
 			defer out.Close()
-			if _, err := uki.JoinPCRSig(u, doc, out); err != nil {
+			if _, err := uki.JoinPCRSig(u, profile, doc, out); err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return out.Commit()
@@ -349,6 +352,7 @@ sections produce, and its signature must verify with the UKI's .pcrpkey.`,
 	}
 	cmd.Flags().StringVar(&pcrsig, "pcrsig", "", "signed .pcrsig JSON, or @FILE")
 	cmd.Flags().StringVar(&output, "output", "", "UKI to write")
+	cmd.Flags().IntVar(&profile, "profile-index", 0, "profile whose .pcrsig to replace, in a multi-profile UKI")
 	return cmd
 }
 
