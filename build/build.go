@@ -370,6 +370,11 @@ func (p *pass) sign(it request.Item) (sig []byte, cert *x509.Certificate, ok boo
 }
 
 func (p *pass) run() error {
+	for _, v := range p.c.Verity {
+		if err := p.verity(v); err != nil {
+			return fmt.Errorf("verity %s: %w", v.Output, err)
+		}
+	}
 	for _, im := range p.c.Images {
 		if err := p.image(im); err != nil {
 			return fmt.Errorf("image %s: %w", im.Output, err)

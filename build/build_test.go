@@ -120,7 +120,7 @@ func sameSnapshot(t *testing.T, what string, a, b map[string][]byte) {
 	}
 }
 
-var outputs = []string{"example.efi", "example.raw", "example.p7b", "SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.p7s"}
+var outputs = []string{"example.efi", "example.raw", "example.p7b", "usr.erofs", "usr.erofs.verity", "usr.erofs.roothash", "usr.erofs.roothash.p7s", "SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.p7s"}
 
 // TestOfflineRoundsAndOnline is the whole story: the example image built
 // offline in exactly three rounds with SoftHSM keys (moving the build
@@ -142,7 +142,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 	}
 	var responses [][]byte
 	wantKinds := []map[request.Kind]int{
-		{request.KindPCRPolicy: 4, request.KindVerityRootHash: 1, request.KindIPEPolicy: 1},
+		{request.KindPCRPolicy: 4, request.KindVerityRootHash: 2, request.KindIPEPolicy: 1},
 		{request.KindAuthenticode: 1},
 		{request.KindManifestOpenPGP: 1, request.KindManifestPKCS7: 1},
 	}

@@ -28,6 +28,7 @@ type Config struct {
 
 	Keys     map[string]*KeyConfig `toml:"keys"`
 	UKIs     []*UKIConfig          `toml:"uki"`
+	Verity   []*VerityConfig       `toml:"verity"`
 	Images   []*ImageConfig        `toml:"image"`
 	Manifest *ManifestConfig       `toml:"manifest"`
 	IPE      *IPEConfig            `toml:"ipe"`
@@ -61,8 +62,9 @@ type UKIConfig struct {
 	Initrd    string `toml:"initrd"`
 	OSRelease string `toml:"os-release"`
 	Cmdline   string `toml:"cmdline"`
-	// VerityImage names an [[image]] (by output) whose root or usr verity
-	// root hash is appended to the command line as roothash= or usrhash=.
+	// VerityImage names an [[image]] or a [[verity]] (by output) whose
+	// root or usr verity root hash is appended to the command line as
+	// roothash= or usrhash=.
 	VerityImage string `toml:"verity-image"`
 	// SecureBootKey signs the UKI (Authenticode); empty leaves it unsigned.
 	SecureBootKey string `toml:"secure-boot-key"`
@@ -71,6 +73,23 @@ type UKIConfig struct {
 	PCRKey   string   `toml:"pcr-key"`
 	PCRBanks []string `toml:"pcr-banks"` // default sha256
 	Phases   []string `toml:"phases"`    // default systemd-measure's four
+}
+
+// VerityConfig describes a file system image protected by dm-verity
+// outside a disk image: the data is copied to Output, its hash tree (with
+// superblock, as `veritysetup format` writes it) to Output.verity, the root
+// hash to Output.roothash (hex, no newline) and its detached PKCS#7
+// signature to Output.roothash.p7s (as systemd-keyutil pkcs7 makes it).
+type VerityConfig struct {
+	Data   string `toml:"data"`
+	Output string `toml:"output"`
+	// Seed derives the salt and the superblock UUID as systemd-repart
+	// does; default derived from the output name.
+	Seed string `toml:"seed"`
+	Key  string `toml:"key"`
+	// Cmdline is the kernel parameter a UKI naming this output carries:
+	// "usrhash" (default) or "roothash".
+	Cmdline string `toml:"cmdline"`
 }
 
 // ImageConfig describes a disk image built from repart.d definitions.
@@ -195,6 +214,28 @@ func (c *Config) check() error {
 		}
 		images[im.Output] = im
 	}
+	for i, v := range c.Verity {
+		what := fmt.Sprintf("[[verity]] %d", i+1)
+		if v.Data == "" {
+			return fmt.Errorf("%s: no data", what)
+		}
+		for _, suffix := range []string{"", ".verity", ".roothash", ".roothash.p7s"} {
+			if err := output(what, v.Output+suffix); err != nil {
+				return err
+			}
+		}
+		if err := key(what, v.Key); err != nil {
+			return err
+		}
+		switch v.Cmdline {
+		case "":
+			v.Cmdline = "usrhash"
+		case "usrhash", "roothash":
+		default:
+			return fmt.Errorf("%s: cmdline %q is not usrhash or roothash", what, v.Cmdline)
+		}
+		images[v.Output] = nil
+	}
 	for i, u := range c.UKIs {
 		what := fmt.Sprintf("[[uki]] %d", i+1)
 		if err := output(what, u.Output); err != nil {
@@ -208,8 +249,8 @@ func (c *Config) check() error {
 				return err
 			}
 		}
-		if u.VerityImage != "" && images[u.VerityImage] == nil {
-			return fmt.Errorf("%s: verity-image %q is no [[image]] output", what, u.VerityImage)
+		if _, ok := images[u.VerityImage]; u.VerityImage != "" && !ok {
+			return fmt.Errorf("%s: verity-image %q is no [[image]] or [[verity]] output", what, u.VerityImage)
 		}
 	}
 	if c.IPE != nil {

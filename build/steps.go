@@ -2,7 +2,6 @@ package build
 
 import (
 	"crypto"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -33,14 +32,9 @@ func (p *pass) image(im *ImageConfig) error {
 	if err != nil {
 		return err
 	}
-	var seed image.GUID
-	if im.Seed != "" {
-		if seed, err = image.ParseGUID(im.Seed); err != nil {
-			return fmt.Errorf("seed: %w", err)
-		}
-	} else {
-		sum := sha256.Sum256([]byte("signet build seed\x00" + p.c.Name + "\x00" + im.Output))
-		copy(seed[:], sum[:16])
+	seed, err := p.seedFor(im.Seed, im.Output)
+	if err != nil {
+		return err
 	}
 	opts := image.Options{Seed: seed, Defer: func(t image.PartType) bool { return strings.HasSuffix(t.Class, "-verity-sig") }}
 	path := p.out(im.Output)

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"signet.dev/authenticode"
+	"signet.dev/cms"
 	"signet.dev/image"
 	"signet.dev/ipe"
 	"signet.dev/manifest"
@@ -77,6 +78,12 @@ func Verify(dir string) ([]Check, error) {
 			v.image(o, cert("verity"))
 		case "ipe":
 			v.ipe(o, cert("signer"))
+		case "verity-data", "verity-roothash":
+			// Checked with their hash tree and signature.
+		case "verity-hash":
+			v.verityTree(o)
+		case "verity-signature":
+			v.veritySignature(o, cert("signer"))
 		case "manifest":
 			v.manifest(o)
 		case "manifest-pkcs7":
@@ -451,4 +458,64 @@ func (v *verifier) measurePeer(file string, ins []measure.Input, banks, phases [
 		err = fmt.Errorf("systemd-measure predicts %s, signet %s", bytes.TrimSpace(got), bytes.TrimSpace(want))
 	}
 	v.add(file, "systemd-measure", what, err)
+}
+
+// verityTree checks DATA.verity against DATA and DATA.roothash.
+func (v *verifier) verityTree(o Output) {
+	data := strings.TrimSuffix(o.File, ".verity")
+	rh, err := os.ReadFile(v.path(data + ".roothash"))
+	var root []byte
+	if err == nil {
+		root, err = hex.DecodeString(string(rh))
+	}
+	if err == nil {
+		err = func() error {
+			d, err := os.Open(v.path(data))
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			h, err := os.Open(v.path(o.File))
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			sb, err := verity.ReadSuperblock(h)
+			if err != nil {
+				return err
+			}
+			fi, err := d.Stat()
+			if err != nil {
+				return err
+			}
+			if fi.Size() < sb.DataSize() {
+				return fmt.Errorf("%s is shorter than its superblock says", data)
+			}
+			return verity.Verify(d, sb.DataSize(), h, root, sb.Params())
+		}()
+	}
+	v.add(o.File, "signet", "verity tree of "+data, err)
+	v.peer(o.File, "verity tree of "+data, "", "veritysetup", "verify", v.path(data), v.path(o.File), string(rh))
+}
+
+// veritySignature checks DATA.roothash.p7s over DATA.roothash.
+func (v *verifier) veritySignature(o Output, cert *x509.Certificate) {
+	rhFile := strings.TrimSuffix(o.File, ".p7s")
+	rh, err1 := os.ReadFile(v.path(rhFile))
+	der, err2 := os.ReadFile(v.path(o.File))
+	err := errors.Join(err1, err2)
+	if err == nil && cert == nil {
+		err = errors.New("no certificate recorded")
+	}
+	if err == nil {
+		var sd *cms.SignedData
+		if sd, err = cms.Parse(der); err == nil {
+			_, err = sd.Verify(rh, []*x509.Certificate{cert})
+		}
+	}
+	v.add(o.File, "signet", "root hash signature", err)
+	if cert != nil {
+		v.peer(o.File, "root hash signature", "", "openssl", "smime", "-verify", "-binary", "-inform", "DER", "-in", v.path(o.File),
+			"-content", v.path(rhFile), "-CAfile", v.certFile(cert), "-out", os.DevNull)
+	}
 }
