@@ -110,4 +110,3 @@ func (p *pass) verity(v *VerityConfig) error {
 	p.outputs = append(p.outputs, outs...)
 	return nil
 }
-
