@@ -298,15 +298,50 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 }
 
+// maxWait bounds a long-polling fetch (?wait=).
+const maxWait = 60 * time.Second
+
 func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) {
-	sr := s.load(w, r, id)
-	if sr == nil {
-		return
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("wait=%q: want a duration such as 30s", v), nil)
+			return
+		}
+		wait = min(d, maxWait)
 	}
-	st := s.statusOf(sr)
-	if st.State != api.StateSigned {
-		writeError(w, http.StatusConflict, fmt.Sprintf("request %s is not signed yet (state %s)", sr.ID, st.State), nil)
-		return
+	deadline := time.Now().Add(wait)
+	var sr *store.Request
+	for {
+		// Take the notification channel before reading, so a batch stored
+		// between the read and the wait still wakes us.
+		notify := s.signedNotify()
+		if sr = s.load(w, r, id); sr == nil {
+			return
+		}
+		st := s.statusOf(sr)
+		if st.State == api.StateSigned {
+			break
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			writeError(w, http.StatusConflict, fmt.Sprintf("request %s is not signed yet (state %s)", sr.ID, st.State), nil)
+			return
+		}
+		// Other replicas store signatures too: look again at least every
+		// poll interval.
+		t := time.NewTimer(min(left, s.cfg.Poll.Duration))
+		select {
+		case <-notify:
+		case <-t.C:
+		case <-s.draining:
+			deadline = time.Now() // answer now: shutdown waits for handlers
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+		t.Stop()
 	}
 	ctx := r.Context()
 	size, root, err := s.store.Tree(ctx)

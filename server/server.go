@@ -61,10 +61,15 @@ type Server struct {
 	metrics *metrics
 	lockf   *os.File // sqlite: held flock
 
-	kick   chan struct{}
-	stop   chan struct{}
-	lanes  sync.WaitGroup
-	closed sync.Once
+	kick     chan struct{}
+	stop     chan struct{}
+	draining chan struct{} // closed when shutdown begins: long polls return
+	// signedMu guards signedCh, closed (and replaced) whenever this replica
+	// stores signatures: long-polling fetches wake on it.
+	signedMu sync.Mutex
+	signedCh chan struct{}
+	lanes    sync.WaitGroup
+	closed   sync.Once
 }
 
 type key struct {
@@ -93,7 +98,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		cfg: cfg, log: log,
 		keys:   map[string]*key{},
 		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{},
-		kick: make(chan struct{}, lanes), stop: make(chan struct{}),
+		kick: make(chan struct{}, lanes), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: make(chan struct{}),
 	}
 	defer func() {
 		if err != nil {
@@ -305,6 +310,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.log.Info("shutting down: finishing in-flight work")
+	close(s.draining)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout.Duration)
 	defer cancel()
 	herr := hs.Shutdown(sctx)
@@ -340,6 +346,20 @@ func (s *Server) Stop(ctx context.Context) {
 	case <-ctx.Done():
 		s.log.Warn("shutdown timeout: leaving claimed items to lease expiry")
 	}
+}
+
+// signedNotify returns a channel closed at the next stored batch.
+func (s *Server) signedNotify() <-chan struct{} {
+	s.signedMu.Lock()
+	defer s.signedMu.Unlock()
+	return s.signedCh
+}
+
+func (s *Server) signedBroadcast() {
+	s.signedMu.Lock()
+	close(s.signedCh)
+	s.signedCh = make(chan struct{})
+	s.signedMu.Unlock()
 }
 
 // tokenHash is how tokens are stored in the configuration.

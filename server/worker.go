@@ -113,6 +113,7 @@ func (s *Server) signBatch(claims []store.Claim) {
 		s.log.Error("storing signatures", "items", len(ok), "err", err)
 		return
 	}
+	s.signedBroadcast()
 	for _, d := range ok {
 		s.metrics.signed.WithLabelValues(d.Claim.Key).Inc()
 	}

@@ -4,7 +4,8 @@
 //
 //	POST /v1/requests                  submit a signet.request/v1 → Status (201 new, 200 known)
 //	GET  /v1/requests/{id}             → Status
-//	GET  /v1/requests/{id}/response    → Result (409 until every item is signed)
+//	GET  /v1/requests/{id}/response    → Result (409 until every item is signed;
+//	                                     ?wait=30s waits up to that long, at most 60s)
 //	POST /v1/requests/{id}/approve     → Status
 //	GET  /v1/keys                      → []Key
 //	GET  /v1/audit/checkpoint          → signed note (text/plain)

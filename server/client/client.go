@@ -45,8 +45,11 @@ type Client struct {
 	base  *url.URL
 	http  *http.Client
 	token string
-	// Poll is Wait's polling interval (default 200ms).
+	// Poll is Wait's pause after an error (default 200ms).
 	Poll time.Duration
+	// LongPoll is how long one fetch in Wait asks the service to wait
+	// (default 20s; it must stay below Options.Timeout).
+	LongPoll time.Duration
 }
 
 // Error is a non-2xx answer of the service.
@@ -105,7 +108,7 @@ func New(baseURL string, o Options) (*Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tc
 	tr.MaxIdleConnsPerHost = 16
-	return &Client{base: u, token: o.Token, http: &http.Client{Transport: tr, Timeout: o.Timeout}, Poll: 200 * time.Millisecond}, nil
+	return &Client{base: u, token: o.Token, http: &http.Client{Transport: tr, Timeout: o.Timeout}, Poll: 200 * time.Millisecond, LongPoll: min(20*time.Second, o.Timeout/2)}, nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
@@ -178,8 +181,17 @@ func (c *Client) Status(ctx context.Context, id string) (*api.Status, error) {
 // Fetch returns a signed request's response and audit proofs, or
 // ErrNotSigned.
 func (c *Client) Fetch(ctx context.Context, id string) (*api.Result, error) {
+	return c.fetch(ctx, id, 0)
+}
+
+// fetch asks the service to wait up to wait for the signatures.
+func (c *Client) fetch(ctx context.Context, id string, wait time.Duration) (*api.Result, error) {
 	var res api.Result
-	err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(id)+"/response", nil, &res)
+	path := "/v1/requests/" + url.PathEscape(id) + "/response"
+	if wait > 0 {
+		path += "?wait=" + wait.String()
+	}
+	err := c.do(ctx, "GET", path, nil, &res)
 	var e *Error
 	if errors.As(err, &e) && e.Status == http.StatusConflict {
 		return nil, fmt.Errorf("%w: %s", ErrNotSigned, e.Body.Error)
@@ -193,11 +205,13 @@ func (c *Client) Fetch(ctx context.Context, id string) (*api.Result, error) {
 	return &res, nil
 }
 
-// Wait polls until the request is signed and returns its result. It gives
-// up when ctx ends.
+// Wait returns the request's result once it is signed, long-polling the
+// service (each call waits up to LongPoll there). It gives up when ctx
+// ends.
 func (c *Client) Wait(ctx context.Context, id string) (*api.Result, error) {
 	for {
-		res, err := c.Fetch(ctx, id)
+		t0 := time.Now()
+		res, err := c.fetch(ctx, id, c.LongPoll)
 		if err == nil {
 			return res, nil
 		}
@@ -208,10 +222,12 @@ func (c *Client) Wait(ctx context.Context, id string) (*api.Result, error) {
 				return nil, err
 			}
 		}
+		// The service waited already, unless it answered at once (an error,
+		// or a service shutting down): then pause before asking again.
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for request %s: %w", id, ctx.Err())
-		case <-time.After(c.Poll):
+		case <-time.After(c.Poll - time.Since(t0)):
 		}
 	}
 }

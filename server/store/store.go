@@ -208,9 +208,19 @@ func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created
 			return nil
 		}
 		created = true
-		for _, it := range r.Items {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-				r.ID, it.Seq, r.Client, it.ID, it.Key, it.Kind, it.Hash, it.TBS, it.State, r.Created.UnixNano()); err != nil {
+		// Multi-row inserts: a round trip per 100 items, not per item.
+		for i := 0; i < len(r.Items); i += 100 {
+			var q strings.Builder
+			var args []any
+			q.WriteString(`INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES `)
+			for k, it := range r.Items[i:min(i+100, len(r.Items))] {
+				if k > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+				args = append(args, r.ID, it.Seq, r.Client, it.ID, it.Key, it.Kind, it.Hash, it.TBS, it.State, r.Created.UnixNano())
+			}
+			if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
 				return err
 			}
 		}
@@ -400,31 +410,32 @@ type Signed struct {
 func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err error) {
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		stored = 0
+		// Lock the log head first: the entries' indexes are then known
+		// before each item's update, which records its own.
+		size, err := s.lockHead(ctx, tx)
+		if err != nil {
+			return err
+		}
 		var entries []*audit.Entry
-		var keep []Signed
 		for _, d := range done {
-			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ?, signature = ?, lease_owner = NULL, lease_until = NULL
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ?, signature = ?, audit_index = ?, lease_owner = NULL, lease_until = NULL
 				WHERE request_id = ? AND seq = ? AND state = ? AND lease_owner = ? AND lease_until = ?`),
-				StateSigned, d.Signature, d.Claim.Request, d.Claim.Seq, StatePending, d.Claim.Owner, d.Claim.Until)
+				StateSigned, d.Signature, size+int64(len(entries)), d.Claim.Request, d.Claim.Seq, StatePending, d.Claim.Owner, d.Claim.Until)
 			if err != nil {
 				return err
 			}
 			if n, _ := res.RowsAffected(); n == 1 {
 				entries = append(entries, d.Entry)
-				keep = append(keep, d)
 			}
 		}
 		idx, err := s.appendAudit(ctx, tx, entries)
 		if err != nil {
 			return err
 		}
-		for i, d := range keep {
-			if _, err := tx.ExecContext(ctx, s.q(`UPDATE items SET audit_index = ? WHERE request_id = ? AND seq = ?`),
-				idx[i], d.Claim.Request, d.Claim.Seq); err != nil {
-				return err
-			}
+		if len(idx) > 0 && idx[0] != size {
+			return fmt.Errorf("audit log head moved from %d to %d inside a transaction", size, idx[0])
 		}
-		stored = len(keep)
+		stored = len(entries)
 		return nil
 	})
 	if err != nil {
@@ -458,6 +469,20 @@ func TBSHash(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
+// lockHead returns the audit log's size, locking its head row until tx
+// ends (PostgreSQL; SQLite has one writer).
+func (s *Store) lockHead(ctx context.Context, tx *sql.Tx) (int64, error) {
+	lock := ""
+	if s.postgres {
+		lock = " FOR UPDATE"
+	}
+	var size int64
+	if err := tx.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`+lock).Scan(&size); err != nil {
+		return 0, fmt.Errorf("audit head: %w", err)
+	}
+	return size, nil
+}
+
 // appendAudit appends entries to the log inside tx, setting each entry's
 // Index, and returns the indexes. The log head row serialises appends
 // (PostgreSQL: row lock; SQLite: the single writer).
@@ -465,13 +490,9 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 	if len(entries) == 0 {
 		return nil, nil
 	}
-	lock := ""
-	if s.postgres {
-		lock = " FOR UPDATE"
-	}
-	var size int64
-	if err := tx.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`+lock).Scan(&size); err != nil {
-		return nil, fmt.Errorf("audit head: %w", err)
+	size, err := s.lockHead(ctx, tx)
+	if err != nil {
+		return nil, err
 	}
 	fresh := map[int64]tlog.Hash{} // hashes written by this append
 	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {

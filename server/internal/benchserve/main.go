@@ -147,7 +147,7 @@ keys = ["bench"]
 	}
 	c, err := client.New(url, client.Options{Token: tok})
 	must(err)
-	c.Poll = 5 * time.Millisecond
+	c.Poll = 20 * time.Millisecond
 	var next atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
