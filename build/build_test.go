@@ -341,3 +341,48 @@ func FuzzLoadConfig(f *testing.F) {
 		LoadConfig(p)
 	})
 }
+
+// TestCrashAfterJoin stops a resume right after the response's signatures
+// are stored (as a crash before the pass would): running the build again,
+// without --resume, goes on to the same next round.
+func TestCrashAfterJoin(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	cfgPath, uris := example(t)
+	c, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	res, err := Run(c, Options{Dir: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := signRound(t, res.Request, uris, c)
+	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	resA, err := Run(c, Options{Dir: a, Responses: [][]byte{resp}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := LoadState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resume(c, b, st, [][]byte{resp}); err != nil {
+		t.Fatal(err)
+	}
+	// The crash: nothing after the state was saved happened.
+	resB, err := Run(c, Options{Dir: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resA.Round != 2 || resB.Round != 2 {
+		t.Fatalf("rounds %d and %d, want 2", resA.Round, resB.Round)
+	}
+	ra, _ := os.ReadFile(resA.Request)
+	rb, _ := os.ReadFile(resB.Request)
+	if !bytes.Equal(ra, rb) {
+		t.Fatal("the round-2 request after a crash differs")
+	}
+}
