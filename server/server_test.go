@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -452,5 +453,53 @@ func TestExampleConfig(t *testing.T) {
 	os.WriteFile(bad, []byte("listen = \"127.0.0.1:1\"\naudit_key = \"k\"\n[store]\ndsn = \"x\"\n[limits]\nmax_itmes = 3\n"), 0o600)
 	if _, err := LoadConfig(bad); err == nil || !strings.Contains(err.Error(), `unknown setting "limits.max_itmes"`) {
 		t.Fatalf("typo: %v", err)
+	}
+}
+
+// Stop finishes the batches in flight: afterwards every item is either
+// signed or still queued without a lease, never claimed and abandoned.
+func TestStopFinishesInFlight(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Batch = 8 })
+	c := e.client("ci")
+	_, body := newRequest(t, 120, "hsm")
+	st, err := c.Submit(ctxT(t), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stop once signing is under way.
+	for {
+		s, err := c.Status(ctxT(t), st.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Items[0].State == api.StateSigned {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.srv.Stop(context.Background())
+	db, err := sql.Open("sqlite", e.cfg.Store.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var signed, queued, leased int
+	db.QueryRow(`SELECT COUNT(*) FROM items WHERE state = 'signed'`).Scan(&signed)
+	db.QueryRow(`SELECT COUNT(*) FROM items WHERE state = 'pending' AND lease_owner IS NULL`).Scan(&queued)
+	db.QueryRow(`SELECT COUNT(*) FROM items WHERE state = 'pending' AND lease_owner IS NOT NULL`).Scan(&leased)
+	if signed+queued != 120 || leased != 0 || signed == 0 {
+		t.Fatalf("after Stop: %d signed, %d queued, %d leased", signed, queued, leased)
+	}
+	t.Logf("stopped with %d signed, %d queued", signed, queued)
+	// The metrics count what was stored.
+	resp, err := http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m bytes.Buffer
+	m.ReadFrom(resp.Body)
+	if want := fmt.Sprintf("signet_items_signed_total{key=\"hsm\"} %d\n", signed); !strings.Contains(m.String(), want) {
+		t.Fatalf("metrics lack %q", want)
 	}
 }

@@ -14,12 +14,14 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,7 @@ import (
 
 	"signet.dev/keys"
 	"signet.dev/request"
+	"signet.dev/server"
 	"signet.dev/server/client"
 )
 
@@ -41,6 +44,8 @@ var (
 	workers  = flag.Int("workers", 2*runtime.NumCPU(), "signing sessions (raw run and service)")
 	rawDur   = flag.Duration("raw", 3*time.Second, "length of the raw signing run")
 	store    = flag.String("store", "sqlite", "sqlite, or a postgres DSN")
+	inproc   = flag.Bool("inprocess", false, "run the service in this process (for -cpuprofile) instead of signet serve")
+	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the API run here")
 )
 
 func must(err error) {
@@ -111,13 +116,25 @@ keys = ["bench"]
 `, port, driver, dsn, uri, certPath, *workers, th)
 	cfgPath := filepath.Join(dir, "signet.toml")
 	must(os.WriteFile(cfgPath, []byte(cfg), 0o600))
-	srv := exec.Command(*signet, "serve", "--config", cfgPath, "--log-level", "warn")
-	srv.Stderr = os.Stderr
-	must(srv.Start())
-	defer func() {
-		srv.Process.Signal(syscall.SIGTERM)
-		srv.Wait()
-	}()
+	if *inproc {
+		sc, err := server.LoadConfig(cfgPath)
+		must(err)
+		s, err := server.New(context.Background(), sc, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		must(err)
+		l, err := net.Listen("tcp", sc.Listen)
+		must(err)
+		ctx, cancel := context.WithCancel(context.Background())
+		go s.Serve(ctx, l)
+		defer cancel()
+	} else {
+		srv := exec.Command(*signet, "serve", "--config", cfgPath, "--log-level", "warn")
+		srv.Stderr = os.Stderr
+		must(srv.Start())
+		defer func() {
+			srv.Process.Signal(syscall.SIGTERM)
+			srv.Wait()
+		}()
+	}
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	for i := 0; ; i++ {
 		if resp, err := http.Get(url + "/healthz"); err == nil && resp.StatusCode == 200 {
@@ -152,6 +169,11 @@ keys = ["bench"]
 	var mu sync.Mutex
 	var lat []time.Duration
 	var wg sync.WaitGroup
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		must(err)
+		must(pprof.StartCPUProfile(f))
+	}
 	start := time.Now()
 	for range *clients {
 		wg.Add(1)
@@ -179,6 +201,9 @@ keys = ["bench"]
 	}
 	wg.Wait()
 	el := time.Since(start)
+	if *cpuprof != "" {
+		pprof.StopCPUProfile()
+	}
 	items := float64(*requests * *batch)
 	rate := items / el.Seconds()
 	slices.Sort(lat)
