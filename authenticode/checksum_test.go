@@ -67,3 +67,33 @@ func TestChecksumAlgorithm(t *testing.T) {
 		}
 	}
 }
+
+// A file mapped in several windows (ranges spanning window edges) hashes
+// and sums as the same bytes read through io.ReaderAt.
+func TestMappedWindows(t *testing.T) {
+	b := synth{sections: []int{mapWindow + 0x1001, 0x200, mapWindow/2 + 3}, trailing: 11}.build()
+	path := writeFile(t, "big.efi", b)
+	mapped := parseFile(t, path)
+	plain, err := Parse(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if windowMapper(mapped.r, mapped.size) == nil {
+		t.Fatal("an *os.File is not mapped")
+	}
+	for _, pad := range []bool{true, false} {
+		d1, err1 := mapped.digest(Hash, pad)
+		d2, err2 := plain.digest(Hash, pad)
+		if err1 != nil || err2 != nil || !bytes.Equal(d1, d2) {
+			t.Fatalf("pad %v: mapped %x (%v), read %x (%v)", pad, d1, err1, d2, err2)
+		}
+	}
+	s1, _ := mapped.scan(Hash.New(), true)
+	s2, _ := plain.scan(Hash.New(), true)
+	if s1 != s2 {
+		t.Fatalf("word sums differ: mapped %#x, read %#x", s1, s2)
+	}
+	if got, want := FinishChecksum(subSum(s1, wordSum(b[mapped.ChecksumOffset():mapped.ChecksumOffset()+4], mapped.ChecksumOffset())), int64(len(b))), naiveChecksum(b, int(mapped.ChecksumOffset())); got != want {
+		t.Fatalf("CheckSum %#x, loader algorithm %#x", got, want)
+	}
+}

@@ -67,9 +67,8 @@ func (f *File) monotonic() bool {
 // goroutine a few chunks ahead of the hash, so the second core does
 // everything but the hash.
 func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
-	if data, unmap := mapFile(f.r, f.size); data != nil {
-		defer unmap()
-		return f.scanMapped(data, d, wantSum)
+	if m := windowMapper(f.r, f.size); m != nil && f.monotonic() {
+		return f.scanMapped(m, d, wantSum)
 	}
 	// The sum rides along with the hash reads when those cover the file in
 	// order; the holes (CheckSum, the table entry, the certificate table)
@@ -152,28 +151,66 @@ func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
 		}
 		sum = r.sum
 	}
-	return sum, nil
+	return sum % 0xffff, nil
 }
 
-// scanMapped is scan over a mapped file: the hash reads the page cache in
-// place on this goroutine while the sum runs on another.
-func (f *File) scanMapped(data []byte, d hash.Hash, wantSum bool) (uint64, error) {
+// mapWindow is the size of the pieces of a file scanMapped maps at a time:
+// large enough that mapping costs nothing, small enough that the resident
+// set does not grow with the file.
+const mapWindow = 8 << 20
+
+// scanMapped is scan over a file mapped a window at a time: the hash reads
+// the page cache in place on this goroutine while the sum of the same
+// window runs on another. The ranges must be monotonic.
+func (f *File) scanMapped(mapAt func(off, n int64) ([]byte, func(), error), d hash.Hash, wantSum bool) (uint64, error) {
+	type result struct {
+		sum uint64
+		err error
+	}
 	var sum uint64
-	sumErr := make(chan error, 1)
-	if wantSum {
-		go func() { sumErr <- guarded(func() { sum = wordSum(data, 0) }) }()
-	} else {
-		sumErr <- nil
-	}
-	err := guarded(func() {
-		for _, rg := range f.ranges {
-			d.Write(data[rg[0]:rg[1]])
+	ri := 0 // the range being hashed; it may span windows
+	for off := int64(0); off < f.size; off += mapWindow {
+		n := min(mapWindow, f.size-off)
+		data, unmap, err := mapAt(off, n)
+		if err != nil {
+			return 0, fmt.Errorf("mapping %d bytes at %#x: %w", n, off, err)
 		}
-	})
-	if serr := <-sumErr; err == nil {
-		err = serr
+		summed := make(chan result, 1)
+		if wantSum {
+			go func() {
+				var s uint64
+				err := guarded(func() { s = wordSum(data, off) })
+				summed <- result{s, err}
+			}()
+		} else {
+			summed <- result{}
+		}
+		err = guarded(func() {
+			for ri < len(f.ranges) {
+				rg := f.ranges[ri]
+				if rg[0] >= off+n {
+					break
+				}
+				if a, b := max(rg[0], off), min(rg[1], off+n); a < b {
+					d.Write(data[a-off : b-off])
+				}
+				if rg[1] > off+n {
+					break // continues in the next window
+				}
+				ri++
+			}
+		})
+		r := <-summed
+		unmap()
+		if err == nil {
+			err = r.err
+		}
+		if err != nil {
+			return 0, err
+		}
+		sum += r.sum
 	}
-	return sum, err
+	return sum % 0xffff, nil
 }
 
 // guarded runs fn, which reads a mapped file, and turns the fault of a file

@@ -2,4 +2,4 @@
 
 package authenticode
 
-func mapFile(r any, size int64) (data []byte, unmap func()) { return nil, nil }
+func windowMapper(r any, size int64) func(off, n int64) ([]byte, func(), error) { return nil }
