@@ -53,7 +53,7 @@ func TestChecksumAlgorithm(t *testing.T) {
 		cut := rng.Intn(len(b))
 		s := (wordSum(b[:cut], 0) + wordSum(b[cut:], int64(cut))) % 0xffff
 		s = subSum(s, wordSum(b[f.ChecksumOffset():f.ChecksumOffset()+4], f.ChecksumOffset()))
-		if got := FinishChecksum(s, int64(len(b))); got != want {
+		if got := finishChecksum(s, int64(len(b))); got != want {
 			t.Fatalf("case %d: split at %d: %#x, want %#x", n, cut, got, want)
 		}
 	}
@@ -93,7 +93,7 @@ func TestMappedWindows(t *testing.T) {
 	if s1 != s2 {
 		t.Fatalf("word sums differ: mapped %#x, read %#x", s1, s2)
 	}
-	if got, want := FinishChecksum(subSum(s1, wordSum(b[mapped.ChecksumOffset():mapped.ChecksumOffset()+4], mapped.ChecksumOffset())), int64(len(b))), naiveChecksum(b, int(mapped.ChecksumOffset())); got != want {
+	if got, want := finishChecksum(subSum(s1, wordSum(b[mapped.ChecksumOffset():mapped.ChecksumOffset()+4], mapped.ChecksumOffset())), int64(len(b))), naiveChecksum(b, int(mapped.ChecksumOffset())); got != want {
 		t.Fatalf("CheckSum %#x, loader algorithm %#x", got, want)
 	}
 }

@@ -238,7 +238,7 @@ func (f *File) Checksum() (uint32, error) {
 	}
 	var old [4]byte
 	binary.LittleEndian.PutUint32(old[:], f.OptionalHeader.CheckSum)
-	return FinishChecksum(subSum(s, wordSum(old[:], f.checksumOffset)), f.size), nil
+	return finishChecksum(subSum(s, wordSum(old[:], f.checksumOffset)), f.size), nil
 }
 
 // Checksum parses the PE image in r and returns its PE CheckSum (see
@@ -251,11 +251,11 @@ func Checksum(r io.ReaderAt, size int64) (uint32, error) {
 	return f.Checksum()
 }
 
-// FinishChecksum turns the sum of a file's 16-bit little-endian words,
+// finishChecksum turns the sum of a file's 16-bit little-endian words,
 // modulo 0xffff (see wordSum), into the PE CheckSum of a file of the given
 // size: the one's-complement 16-bit sum plus the size. The file must not be
 // all zeros (a PE image starts with "MZ").
-func FinishChecksum(sum uint64, size int64) uint32 {
+func finishChecksum(sum uint64, size int64) uint32 {
 	// Folding word by word, as the loader does, ends in [1, 0xffff] once any
 	// word was non-zero: 0xffff where the sum is a multiple of 0xffff.
 	folded := uint32(sum % 0xffff)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 
@@ -362,6 +363,10 @@ func (f *File) emit(w io.Writer, build func(digest []byte) ([]byte, error)) erro
 	if err != nil {
 		return err
 	}
+	// The certificate table's offset and size are 32-bit fields.
+	if f.size+int64(len(p7))+16 > math.MaxUint32 {
+		return fmt.Errorf("%w: a %d-byte image is too large for a PE certificate table", ErrCertTable, f.size)
+	}
 	tail, entry, checksum := f.layout(sum, p7)
 	if !canPatch {
 		if err := f.copyTo(w, []patch{{f.certEntryOffset, entry}, {f.checksumOffset, checksum}}); err != nil {
@@ -430,7 +435,7 @@ func (f *File) layout(inputSum uint64, p7 []byte) (tail, entry, checksum []byte)
 	s := subSum(subSum(inputSum, wordSum(oldSum[:4], f.checksumOffset)), wordSum(oldEntry[:], f.certEntryOffset)) +
 		wordSum(entry, f.certEntryOffset) + wordSum(tail, f.size)
 	checksum = make([]byte, 4)
-	binary.LittleEndian.PutUint32(checksum, FinishChecksum(s, f.size+int64(len(tail))))
+	binary.LittleEndian.PutUint32(checksum, finishChecksum(s, f.size+int64(len(tail))))
 	return tail, entry, checksum
 }
 
