@@ -157,7 +157,7 @@ func TestJoinRefuses(t *testing.T) {
 // with sbverify and osslsigncode.
 func TestPKCS11(t *testing.T) {
 	hsm := testkeys.NewSoftHSM(t)
-	for _, kind := range []testkeys.Kind{testkeys.RSA2048, testkeys.P256} {
+	for _, kind := range testkeys.All {
 		k := testkeys.Generate(t, kind)
 		uri := hsm.Import(t, k, "authenticode-"+string(kind))
 		s, err := keys.Open("provider:pkcs11", uri)
