@@ -119,6 +119,9 @@ func Run(c *Config, o Options) (*Result, error) {
 		return nil, fmt.Errorf("%w: round %d (%s); resume with --resume=RESPONSE", ErrWaiting, st.Pending.Round, filepath.Join(dir, st.Pending.File))
 	}
 
+	// A finished build run again redoes every step (taking the stored
+	// signatures); it is done again only if nothing new needs signing.
+	st.Done = false
 	p, err := newPass(c, dir, st, o.Log)
 	if err != nil {
 		return nil, err
