@@ -71,7 +71,8 @@ type Item struct {
 
 // Store is an open database.
 type Store struct {
-	db       *sql.DB
+	db       *sql.DB // transactions (SQLite: the single writer connection)
+	rdb      *sql.DB // reads outside transactions (SQLite: WAL readers that never wait for the writer)
 	postgres bool
 }
 
@@ -87,11 +88,16 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		}
 		// WAL + synchronous=FULL: a committed signature survives a crash of
 		// the process or the machine.
-		s.db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_txlock=immediate")
+		pragmas := "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
+		s.db, err = sql.Open("sqlite", "file:"+dsn+pragmas+"&_txlock=immediate")
 		if err == nil {
-			// One connection: SQLite has one writer anyway, and this
-			// serialises audit appends without busy retries.
+			// One writer connection: SQLite has one writer anyway, and
+			// this serialises audit appends without busy retries.
 			s.db.SetMaxOpenConns(1)
+			s.rdb, err = sql.Open("sqlite", "file:"+dsn+pragmas)
+			if err == nil {
+				s.rdb.SetMaxOpenConns(4)
+			}
 		}
 	case "postgres", "postgresql":
 		s.postgres = true
@@ -99,6 +105,7 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		if err == nil {
 			s.db.SetMaxOpenConns(16)
 		}
+		s.rdb = s.db
 	default:
 		return nil, fmt.Errorf("store: unknown driver %q (use sqlite or postgres)", driver)
 	}
@@ -106,17 +113,22 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	if err := s.migrate(ctx); err != nil {
-		s.db.Close()
+		s.Close()
 		return nil, err
 	}
 	return &s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	if s.rdb != nil && s.rdb != s.db {
+		s.rdb.Close()
+	}
+	return s.db.Close()
+}
 
 // Ping checks the database answers.
-func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.PingContext(ctx) }
 
 func (s *Store) migrate(ctx context.Context) error {
 	blob := "BLOB"
@@ -249,7 +261,7 @@ func (s *Store) Audit(ctx context.Context, entries ...*audit.Entry) error {
 func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 	r := &Request{ID: id}
 	var created int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT client, body, created FROM requests WHERE id = ?`), id).Scan(&r.Client, &r.Body, &created)
+	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT client, body, created FROM requests WHERE id = ?`), id).Scan(&r.Client, &r.Body, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -257,7 +269,7 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
 	r.Created = time.Unix(0, created).UTC()
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`), id)
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`), id)
 	if err != nil {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -278,7 +290,7 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
 	rows.Close()
-	ar, err := s.db.QueryContext(ctx, s.q(`SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+	ar, err := s.rdb.QueryContext(ctx, s.q(`SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
 	if err != nil {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -447,8 +459,19 @@ func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err er
 // Pending counts items waiting to be signed (for metrics).
 func (s *Store) Pending(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE state = ?`), StatePending).Scan(&n)
+	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE state = ?`), StatePending).Scan(&n)
 	return n, err
+}
+
+// Unsigned counts a request's items not yet signed: the cheap question a
+// waiting fetch asks.
+func (s *Store) Unsigned(ctx context.Context, id string) (int64, error) {
+	var n int64
+	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> ?`), id, StateSigned).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	return n, nil
 }
 
 func (s *Store) inTx(ctx context.Context, f func(*sql.Tx) error) error {
@@ -634,7 +657,7 @@ func (s *Store) readHashes(ctx context.Context, db querier, idx []int64) ([]tlog
 // Tree returns the audit log's current size and root hash.
 func (s *Store) Tree(ctx context.Context) (int64, tlog.Hash, error) {
 	var size int64
-	if err := s.db.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`).Scan(&size); err != nil {
+	if err := s.rdb.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`).Scan(&size); err != nil {
 		return 0, tlog.Hash{}, fmt.Errorf("store: audit head: %w", err)
 	}
 	h, err := tlog.TreeHash(size, s.hashReader(ctx))
@@ -649,7 +672,7 @@ func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 		if len(idx) == 0 {
 			return nil, nil
 		}
-		return s.readHashes(ctx, s.db, idx)
+		return s.readHashes(ctx, s.rdb, idx)
 	})
 }
 
@@ -664,7 +687,7 @@ func (s *Store) Prove(ctx context.Context, t, n int64) (tlog.RecordProof, error)
 
 // Entries returns the log entries with indexes in [start, end), in order.
 func (s *Store) Entries(ctx context.Context, start, end int64) ([][]byte, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, data FROM audit_entries WHERE idx >= ? AND idx < ? ORDER BY idx`), start, end)
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT idx, data FROM audit_entries WHERE idx >= ? AND idx < ? ORDER BY idx`), start, end)
 	if err != nil {
 		return nil, fmt.Errorf("store: audit entries: %w", err)
 	}
