@@ -3,10 +3,12 @@ package build
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +19,9 @@ import (
 	"signet.dev/request"
 	"signet.dev/request/check"
 )
+
+// exampleCount makes SoftHSM labels unique within the process-wide token.
+var exampleCount atomic.Int64
 
 // example copies examples/image into a temporary directory, makes its
 // inputs with make-inputs and its keys with testkeys, imports the private
@@ -40,7 +45,7 @@ func example(t *testing.T) (string, map[string]string) {
 		k := testkeys.Generate(t, kind)
 		data, _ := os.ReadFile(k.CertPath)
 		os.WriteFile(filepath.Join(dir, "gen", "keys", name+".crt"), data, 0o644)
-		uris[name] = hsm.Import(t, k, "build-"+name+"-"+string(kind))
+		uris[name] = hsm.Import(t, k, fmt.Sprintf("build-%s-%d", name, exampleCount.Add(1)))
 		if name == "release" {
 			okey, err := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore)
 			if err != nil {
