@@ -242,6 +242,15 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 	for i := range out {
 		out[i] = make([][]byte, len(banks))
 	}
+	var total int64
+	for _, in := range inputs {
+		total += in.Size
+	}
+	if total <= chunkSize {
+		// Small inputs (the stub's sections, a command line): the
+		// pipeline would cost more than the hashing.
+		return digestSmall(inputs, banks, out)
+	}
 	nw := min(runtime.GOMAXPROCS(0), len(banks))
 	groups := make([][]int, nw) // bank indexes per worker
 	load := make([]int, nw)
@@ -332,6 +341,22 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 	wg.Wait()
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+func digestSmall(inputs []Input, banks []Bank, out [][][]byte) ([][][]byte, error) {
+	for ii, in := range inputs {
+		b := make([]byte, in.Size)
+		if k, err := in.R.ReadAt(b, 0); int64(k) != in.Size {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("%s: %w", in.Origin, err)
+		}
+		for bi, bank := range banks {
+			out[ii][bi] = hashOf(bank.Hash, b)
+		}
 	}
 	return out, nil
 }
