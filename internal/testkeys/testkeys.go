@@ -155,6 +155,8 @@ var (
 	hsm     *SoftHSM
 	hsmErr  error
 	hsmMu   sync.Mutex
+	// imported maps token labels to the public key stored under them.
+	imported = map[string]interface{ Equal(crypto.PublicKey) bool }{}
 )
 
 // NewSoftHSM returns the process-wide test token "signet-test" (PIN 1234),
@@ -198,15 +200,24 @@ func (h *SoftHSM) URI(label string) string {
 }
 
 // Import stores k's private key on the token under label (with id = label)
-// and returns its URI. The certificate stays a file (k.CertPath).
+// and returns its URI. The certificate stays a file (k.CertPath). Importing
+// the same key under the same label again is a no-op; another key under a
+// used label is a test bug.
 func (h *SoftHSM) Import(t testing.TB, k *Key, label string) string {
 	t.Helper()
 	hsmMu.Lock()
 	defer hsmMu.Unlock()
+	if prev, ok := imported[label]; ok {
+		if !prev.Equal(k.Signer.Public()) {
+			t.Fatalf("softhsm: label %q already holds another key", label)
+		}
+		return h.URI(label)
+	}
 	id := fmt.Sprintf("%x", label)
 	out, err := exec.Command("softhsm2-util", "--import", k.KeyPath, "--token", h.Token, "--label", label, "--id", id, "--pin", h.PIN).CombinedOutput()
 	if err != nil {
 		t.Fatalf("softhsm2-util --import: %v: %s", err, out)
 	}
+	imported[label] = k.Signer.Public().(interface{ Equal(crypto.PublicKey) bool })
 	return h.URI(label)
 }
