@@ -112,21 +112,31 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var c Config
-	md, err := toml.Decode(string(data), &c)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	if un := md.Undecoded(); len(un) > 0 {
-		return nil, fmt.Errorf("config %s: unknown setting %q", path, un[0].String())
-	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	c.resolve(filepath.Dir(abs))
-	if err := c.Check(); err != nil {
+	c, err := ParseConfig(data, filepath.Dir(abs))
+	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig decodes and checks a TOML configuration whose relative paths
+// are relative to dir. An unknown setting is an error.
+func ParseConfig(data []byte, dir string) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(string(data), &c)
+	if err != nil {
+		return nil, err
+	}
+	if un := md.Undecoded(); len(un) > 0 {
+		return nil, fmt.Errorf("unknown setting %q", un[0].String())
+	}
+	c.resolve(dir)
+	if err := c.Check(); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"os"
 	"testing"
 
 	"signet.dev/request"
@@ -50,6 +51,27 @@ func FuzzSubmit(f *testing.F) {
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" {
 				t.Fatalf("status %d without a reason: %q", rec.Code, rec.Body)
 			}
+		}
+	})
+}
+
+// FuzzConfig: any configuration text is accepted or refused with an
+// error, never a panic, and an accepted one has its defaults filled in.
+func FuzzConfig(f *testing.F) {
+	data, err := os.ReadFile("../docs/server.example.toml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	f.Add([]byte("listen = \"127.0.0.1:1\"\naudit_key = \"k\"\n[store]\ndsn = \"x\"\n"))
+	f.Add([]byte("[[keys]]\nname = \"a\"\nkinds = [\"nope\"]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data, "/etc/signet")
+		if err != nil {
+			return
+		}
+		if c.Batch <= 0 || c.Lease.Duration <= 0 || c.Limits.MaxItems <= 0 || c.Store.Driver == "" {
+			t.Fatalf("accepted config without defaults: %+v", c)
 		}
 	})
 }

@@ -237,6 +237,28 @@ func isTransient(err error) bool {
 	return !errors.As(err, &e) // transport errors: connection refused while a node restarts
 }
 
+// Sign submits req, waits for its signatures, and returns the result once
+// VerifyResult accepts it (with vkey, the audit proofs too): the one call a
+// build needs.
+func (c *Client) Sign(ctx context.Context, req *request.Request, vkey string) (*api.Result, error) {
+	body, err := req.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Submit(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Wait(ctx, st.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := VerifyResult(req, res, vkey); err != nil {
+		return nil, fmt.Errorf("request %s: %w", st.ID, err)
+	}
+	return res, nil
+}
+
 // Approve approves a request.
 func (c *Client) Approve(ctx context.Context, id string) (*api.Status, error) {
 	var st api.Status
