@@ -676,13 +676,42 @@ func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 	})
 }
 
-// Prove returns the inclusion proof of entry n in the tree of size t.
-func (s *Store) Prove(ctx context.Context, t, n int64) (tlog.RecordProof, error) {
-	p, err := tlog.ProveRecord(t, n, s.hashReader(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("store: audit proof of %d in %d: %w", n, t, err)
+// Prove returns the inclusion proofs of entries ns in the tree of size t.
+// Proofs of nearby entries share most hashes: each is read once.
+func (s *Store) Prove(ctx context.Context, t int64, ns ...int64) ([]tlog.RecordProof, error) {
+	cache := map[int64]tlog.Hash{}
+	db := s.hashReader(ctx)
+	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
+		var miss []int64
+		for _, x := range idx {
+			if _, ok := cache[x]; !ok {
+				miss = append(miss, x)
+			}
+		}
+		if len(miss) > 0 {
+			got, err := db.ReadHashes(miss)
+			if err != nil {
+				return nil, err
+			}
+			for i, x := range miss {
+				cache[x] = got[i]
+			}
+		}
+		out := make([]tlog.Hash, len(idx))
+		for i, x := range idx {
+			out[i] = cache[x]
+		}
+		return out, nil
+	})
+	out := make([]tlog.RecordProof, len(ns))
+	for i, n := range ns {
+		p, err := tlog.ProveRecord(t, n, r)
+		if err != nil {
+			return nil, fmt.Errorf("store: audit proof of %d in %d: %w", n, t, err)
+		}
+		out[i] = p
 	}
-	return p, nil
+	return out, nil
 }
 
 // Entries returns the log entries with indexes in [start, end), in order.

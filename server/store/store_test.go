@@ -88,7 +88,7 @@ func checkLog(t *testing.T, s *Store) *audit.Report {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pr := audit.Proof{Index: i, Entry: string(ents[i]), Proof: p}
+		pr := audit.Proof{Index: i, Entry: string(ents[i]), Proof: p[0]}
 		if err := pr.Check(audit.Checkpoint{Size: size, Hash: root}); err != nil {
 			t.Fatal(err)
 		}
