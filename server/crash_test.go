@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net/http"
@@ -277,6 +278,31 @@ func checkAudit(t *testing.T, url, token, vkey string, done map[string]*request.
 	}
 }
 
+// killMidBatch waits until the node's process holds leased, unsigned items
+// (it is signing a batch), then kills it with SIGKILL and returns how many
+// items it held.
+func killMidBatch(t *testing.T, n *node, driver, dsn string) int {
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Error(err)
+		n.kill()
+		return 0
+	}
+	defer db.Close()
+	q := `SELECT COUNT(*) FROM items WHERE state = 'pending' AND lease_owner LIKE '%/` + strconv.Itoa(n.cmd.Process.Pid) + `/%'`
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		var held int
+		if err := db.QueryRow(q).Scan(&held); err == nil && held > 0 {
+			n.kill()
+			return held
+		}
+		time.Sleep(time.Millisecond)
+	}
+	n.kill()
+	return 0
+}
+
 // kill -9 of the single SQLite node under load, then a restart: every
 // accepted request completes, every signature verifies, each item is signed
 // exactly once; SIGTERM then stops it cleanly.
@@ -293,8 +319,9 @@ func TestCrashSQLite(t *testing.T) {
 	n := startNode(t, bin, conf, port, logPath)
 	var restarted *node
 	var rmu sync.Mutex
+	var held int
 	done := load(t, []string{n.url}, tokens["ci"], vkey, 20, 10, func() {
-		n.kill()
+		held = killMidBatch(t, n, "sqlite", cfg.Store.DSN)
 		r := startNode(t, bin, conf, port, logPath)
 		rmu.Lock()
 		restarted = r
@@ -302,9 +329,10 @@ func TestCrashSQLite(t *testing.T) {
 	})
 	rmu.Lock()
 	defer rmu.Unlock()
-	if restarted == nil {
-		t.Fatal("the node was never killed")
+	if restarted == nil || held == 0 {
+		t.Fatalf("the node was never killed while signing (held %d items)", held)
 	}
+	t.Logf("killed holding %d claimed items", held)
 	checkAudit(t, restarted.url, tokens["ci"], vkey, done, 10)
 	if err := restarted.term(); err != nil {
 		log, _ := os.ReadFile(logPath)
@@ -339,12 +367,17 @@ func TestCrashPostgres(t *testing.T) {
 		nodes = append(nodes, n)
 		urls = append(urls, n.url)
 	}
-	done := load(t, urls, tokens["ci"], vkey, 20, 10, func() { nodes[0].kill() })
+	var held int
+	done := load(t, urls, tokens["ci"], vkey, 20, 10, func() { held = killMidBatch(t, nodes[0], "pgx", cfg.Store.DSN) })
 	select {
 	case <-nodes[0].done:
 	default:
 		t.Fatal("replica 0 was never killed")
 	}
+	if held == 0 {
+		t.Fatal("replica 0 was never killed while signing")
+	}
+	t.Logf("replica 0 killed holding %d claimed items", held)
 	checkAudit(t, urls[1], tokens["ci"], vkey, done, 10)
 	for _, n := range nodes[1:] {
 		if err := n.term(); err != nil {
