@@ -50,6 +50,9 @@ type Client struct {
 	// LongPoll is how long one fetch in Wait asks the service to wait
 	// (default 20s; it must stay below Options.Timeout).
 	LongPoll time.Duration
+	// RetryFor is how long a call keeps retrying while the service is
+	// unreachable or answers 503/429 (default 10s; 0 disables).
+	RetryFor time.Duration
 }
 
 // Error is a non-2xx answer of the service.
@@ -108,10 +111,33 @@ func New(baseURL string, o Options) (*Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tc
 	tr.MaxIdleConnsPerHost = 16
-	return &Client{base: u, token: o.Token, http: &http.Client{Transport: tr, Timeout: o.Timeout}, Poll: 200 * time.Millisecond, LongPoll: min(20*time.Second, o.Timeout/2)}, nil
+	return &Client{base: u, token: o.Token, http: &http.Client{Transport: tr, Timeout: o.Timeout}, Poll: 200 * time.Millisecond, LongPoll: min(20*time.Second, o.Timeout/2), RetryFor: 10 * time.Second}, nil
 }
 
+// do makes one API call, retrying for up to RetryFor while the service is
+// unreachable, unavailable (503) or rate-limiting (429): every call of
+// this API is idempotent, submission included.
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	start := time.Now()
+	pause := 50 * time.Millisecond
+	for {
+		err := c.once(ctx, method, path, body, out)
+		var e *Error
+		retry := err != nil && ctx.Err() == nil &&
+			(!errors.As(err, &e) || e.Status == http.StatusServiceUnavailable || e.Status == http.StatusTooManyRequests)
+		if !retry || time.Since(start)+pause > c.RetryFor {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
+
+func (c *Client) once(ctx context.Context, method, path string, body []byte, out any) error {
 	u := c.base.JoinPath(path)
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		u = c.base.JoinPath(path[:i])
