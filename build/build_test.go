@@ -391,3 +391,45 @@ func TestCrashAfterJoin(t *testing.T) {
 		t.Fatal("the round-2 request after a crash differs")
 	}
 }
+
+// TestECDSA builds the example online with P-256 keys (files) and has the
+// real peers verify every output: ECDSA signatures are random, so this is
+// checked by verification, not by comparing bytes.
+func TestECDSA(t *testing.T) {
+	cfgPath, _ := example(t)
+	k := testkeys.Generate(t, testkeys.P256)
+	c, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keysDir := filepath.Join(filepath.Dir(cfgPath), "gen", "keys")
+	refs := map[string]string{}
+	for _, name := range []string{"db", "pcr", "verity", "release"} {
+		data, _ := os.ReadFile(k.CertPath)
+		os.WriteFile(filepath.Join(keysDir, name+".crt"), data, 0o644)
+		refs[name] = k.KeyPath
+	}
+	okey, _ := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore)
+	ring, err := openpgp.ExportPublicKey(k.Signer, okey, "signet test ecdsa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(keysDir, "release.pgp"), ring, 0o644)
+	if err := c.SetKeys(refs); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "ec")
+	res, err := Run(c, Options{Dir: dir})
+	if err != nil || !res.Done {
+		t.Fatalf("online ECDSA build: %v %+v", err, res)
+	}
+	checks, err := Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range checks {
+		if ch.Err != nil {
+			t.Errorf("%s: %s [%s]: %v", ch.File, ch.What, ch.By, ch.Err)
+		}
+	}
+}
