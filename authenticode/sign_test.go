@@ -282,3 +282,22 @@ func FuzzParseSignedAttributes(f *testing.F) {
 		}
 	})
 }
+
+// A WIN_CERTIFICATE whose PKCS#7 is garbage is reported, and does not hide
+// a good signature after it.
+func TestUnreadableSignature(t *testing.T) {
+	k := testkeys.Generate(t, testkeys.RSA2048)
+	in := writeFile(t, "in.efi", synthetics["trailing-odd"].build())
+	once, _ := os.ReadFile(signFile(t, in, k, fixedTime))
+	f := parseFile(t, writeFile(t, "once.efi", once))
+	ct := f.CertificateTable()
+	once[ct.VirtualAddress+8] = 0x31 // the first PKCS#7 is no SEQUENCE
+	twice := parseFile(t, signFile(t, writeFile(t, "broken.efi", once), k, fixedTime))
+	sigs, err := twice.Signatures()
+	if err != nil || len(sigs) != 2 || !errors.Is(sigs[0].Err, ErrCertTable) || sigs[1].Err != nil {
+		t.Fatalf("Signatures: %v, %+v", err, sigs)
+	}
+	if s, err := Verify(twice, []*x509.Certificate{k.Cert}); err != nil || s.Offset != sigs[1].Offset {
+		t.Fatalf("Verify: %v", err)
+	}
+}

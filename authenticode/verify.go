@@ -43,11 +43,16 @@ type Signature struct {
 	SigningTime time.Time
 	// Signer is the first signer's certificate, if embedded.
 	Signer *x509.Certificate
+	// Err says why a PKCS_SIGNED_DATA entry could not be read (its
+	// SignedData is then nil).
+	Err error
 }
 
 // Signatures parses the certificate table. Entries follow each other at
 // 8-byte aligned offsets; dwLength may be padded (osslsigncode) or not
-// (sbsign, systemd-sbsign), and both are accepted.
+// (sbsign, systemd-sbsign), and both are accepted. A table whose entries do
+// not fit is an error; an entry whose PKCS#7 cannot be read is returned
+// with Err set.
 func (f *File) Signatures() ([]Signature, error) {
 	ct := f.CertificateTable()
 	var out []Signature
@@ -77,7 +82,8 @@ func (f *File) Signatures() ([]Signature, error) {
 				return nil, err
 			}
 			if err := s.parse(body); err != nil {
-				return nil, fmt.Errorf("%w: WIN_CERTIFICATE at %#x: %v", ErrCertTable, off, err)
+				// One unreadable signature does not hide the others.
+				s.SignedData, s.Err = nil, fmt.Errorf("%w: WIN_CERTIFICATE at %#x: %v", ErrCertTable, off, err)
 			}
 		}
 		out = append(out, s)
@@ -165,6 +171,9 @@ func Verify(f *File, trusted []*x509.Certificate) (*Signature, error) {
 	for i := range sigs {
 		s := &sigs[i]
 		if s.SignedData == nil {
+			if s.Err != nil && errNotBy == ErrNotSignedBy {
+				errNotBy = s.Err
+			}
 			continue
 		}
 		for j := range s.SignedData.Signers {

@@ -209,6 +209,9 @@ certificates.`,
 }
 
 func describeSignature(s *authenticode.Signature) string {
+	if s.Err != nil {
+		return s.Err.Error()
+	}
 	if s.SignedData == nil {
 		return fmt.Sprintf("WIN_CERTIFICATE type %#x (not PKCS#7)", s.Type)
 	}
