@@ -314,12 +314,18 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 		wait = min(d, maxWait)
 	}
 	deadline := time.Now().Add(wait)
-	// Take the notification channel before reading, so a batch stored
-	// between a read and the wait still wakes us.
-	notify := s.signedNotify()
 	sr := s.load(w, r, id)
 	if sr == nil {
 		return
+	}
+	notify, release := s.watch(sr.ID)
+	defer func() { release() }()
+	if s.statusOf(sr).State != api.StateSigned {
+		// Read again now that we watch: a batch stored between the first
+		// read and the watch would otherwise wake nobody.
+		if sr = s.load(w, r, id); sr == nil {
+			return
+		}
 	}
 	for {
 		st := s.statusOf(sr)
@@ -349,7 +355,8 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 			return
 		}
 		t.Stop()
-		notify = s.signedNotify()
+		release()
+		notify, release = s.watch(sr.ID)
 		// Count first (cheap); read the whole request only when done.
 		n, err := s.store.Unsigned(r.Context(), sr.ID)
 		if err != nil {

@@ -64,11 +64,11 @@ type Server struct {
 	kick     chan struct{}
 	stop     chan struct{}
 	draining chan struct{} // closed when shutdown begins: long polls return
-	// signedMu guards signedCh, closed (and replaced) whenever this replica
-	// stores signatures: long-polling fetches wake on it.
+	// signedMu guards signedCh: per request id, a channel closed when this
+	// replica stores one of its signatures (long-polling fetches wait on it).
 	signedMu sync.Mutex
-	signedCh chan struct{}
-	lanes    sync.WaitGroup
+	signedCh map[string]*waiters
+	lanes    sync.WaitGroup // the signing pipeline
 	closed   sync.Once
 }
 
@@ -87,8 +87,6 @@ type identity struct {
 	approve map[string]bool
 }
 
-const lanes = 2 // claim/sign/commit loops: one commits while the other signs
-
 // New opens the keys and the store named by cfg. The caller must Close it.
 func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err error) {
 	if log == nil {
@@ -98,7 +96,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		cfg: cfg, log: log,
 		keys:   map[string]*key{},
 		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{},
-		kick: make(chan struct{}, lanes), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: map[string]*waiters{},
 	}
 	defer func() {
 		if err != nil {
@@ -325,10 +323,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // Start starts the signing workers (Serve does it; for tests that drive
 // Handler directly).
 func (s *Server) Start() {
-	for range lanes {
-		s.lanes.Add(1)
-		go s.lane()
-	}
+	s.lanes.Add(1)
+	go s.pipeline()
 }
 
 // Stop asks the workers to stop after their current batch and waits for
@@ -348,18 +344,43 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 }
 
-// signedNotify returns a channel closed at the next stored batch.
-func (s *Server) signedNotify() <-chan struct{} {
-	s.signedMu.Lock()
-	defer s.signedMu.Unlock()
-	return s.signedCh
+// waiters of one request's signatures.
+type waiters struct {
+	ch chan struct{} // closed when a signature of the request is stored
+	n  int
 }
 
-func (s *Server) signedBroadcast() {
+// watch returns a channel closed when this replica next stores a signature
+// of request id; the caller must call release when done waiting.
+func (s *Server) watch(id string) (<-chan struct{}, func()) {
 	s.signedMu.Lock()
-	close(s.signedCh)
-	s.signedCh = make(chan struct{})
-	s.signedMu.Unlock()
+	defer s.signedMu.Unlock()
+	w := s.signedCh[id]
+	if w == nil {
+		w = &waiters{ch: make(chan struct{})}
+		s.signedCh[id] = w
+	}
+	w.n++
+	return w.ch, func() {
+		s.signedMu.Lock()
+		defer s.signedMu.Unlock()
+		w.n--
+		if w.n == 0 && s.signedCh[id] == w {
+			delete(s.signedCh, id)
+		}
+	}
+}
+
+// signedBroadcast wakes the waiters of the requests in batch.
+func (s *Server) signedBroadcast(batch []store.Signed) {
+	s.signedMu.Lock()
+	defer s.signedMu.Unlock()
+	for _, d := range batch {
+		if w := s.signedCh[d.Claim.Request]; w != nil {
+			close(w.ch)
+			delete(s.signedCh, d.Claim.Request)
+		}
+	}
 }
 
 // tokenHash is how tokens are stored in the configuration.

@@ -11,22 +11,51 @@ import (
 	"signet.dev/server/store"
 )
 
-// wake tells idle lanes there may be work (a submission or approval here).
+// The signing pipeline has three stages, so the token never waits for the
+// database: a claimer keeps a buffer of leased items topped up, a pool of
+// signers (as many as the keys' workers) signs them, and a committer
+// stores whatever signatures are ready in one transaction (group commit:
+// while one commit syncs, the next batch accumulates).
+
+// wake tells an idle claimer there may be work (a submission or approval
+// here).
 func (s *Server) wake() {
-	for range lanes {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 
-// lane claims a batch of pending items, signs them in parallel, and stores
-// the signatures with their audit entries in one transaction, until Stop.
-// A batch in progress is always finished, whatever the shutdown: its
-// context is not the server's.
-func (s *Server) lane() {
+// pipeline runs until Stop; what was claimed by then is signed and stored
+// before it returns, whatever the shutdown: its contexts are not the
+// server's.
+func (s *Server) pipeline() {
 	defer s.lanes.Done()
+	work := make(chan store.Claim, s.cfg.Batch)
+	results := make(chan *store.Signed, s.cfg.Batch)
+	go s.claimer(work)
+	signers := 0
+	for _, k := range s.keys {
+		signers += cap(k.sem)
+	}
+	var wg sync.WaitGroup
+	for range max(signers, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				if d := s.sign(c); d != nil {
+					results <- d
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(results) }()
+	s.committer(results)
+}
+
+func (s *Server) claimer(work chan<- store.Claim) {
+	defer close(work)
 	poll := time.NewTicker(s.cfg.Poll.Duration)
 	defer poll.Stop()
 	for {
@@ -35,7 +64,18 @@ func (s *Server) lane() {
 			return
 		default:
 		}
-		claims, err := s.store.Claim(context.Background(), s.owner, s.cfg.Lease.Duration, s.cfg.Batch)
+		// Claim when the buffer is at most half full, and only what fits:
+		// a claimed item should wait for a signer, not for a lease.
+		room := cap(work) - len(work)
+		if room < cap(work)/2 {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			continue
+		}
+		claims, err := s.store.Claim(context.Background(), s.owner, s.cfg.Lease.Duration, room)
 		if err != nil {
 			s.log.Error("claiming items", "err", err)
 		}
@@ -48,77 +88,94 @@ func (s *Server) lane() {
 			}
 			continue
 		}
-		s.signBatch(claims)
+		for _, c := range claims {
+			work <- c
+		}
 	}
 }
 
-func (s *Server) signBatch(claims []store.Claim) {
-	start := time.Now()
-	done := make([]*store.Signed, len(claims))
-	var wg sync.WaitGroup
-	for i := range claims {
-		c := &claims[i]
-		k := s.keys[c.Key]
-		if k == nil {
-			// The key left the configuration after submission: leave the
-			// item queued (its lease expires) rather than fail it.
-			s.log.Error("item needs a key this replica does not hold", "request", c.Request, "item", c.ID, "key", c.Key)
-			continue
-		}
-		h, err := request.HashByName(c.Hash)
-		if err != nil {
-			s.log.Error("stored item has a bad hash", "request", c.Request, "item", c.ID, "err", err)
-			continue
-		}
-		k.sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer func() { <-k.sem }()
-			t0 := time.Now()
-			sig, err := keys.Sign(k.signer, h, c.TBS)
-			if err == nil {
-				// Never store a signature the certificate does not verify.
-				err = keys.Verify(k.cert.PublicKey, h, c.TBS, sig)
-			}
-			s.metrics.signSeconds.WithLabelValues(c.Key).Observe(time.Since(t0).Seconds())
-			if err != nil {
-				s.metrics.signErrors.WithLabelValues(c.Key).Inc()
-				s.log.Error("signing", "request", c.Request, "item", c.ID, "key", c.Key, "err", err)
-				return
-			}
-			done[i] = &store.Signed{Claim: *c, Signature: sig, Entry: &audit.Entry{
-				Time: time.Now().UTC(), Type: audit.TypeSign, Client: c.Client,
-				Request: c.Request, Item: c.ID, Key: c.Key, Kind: c.Kind,
-				TBS: store.TBSHash(c.TBS), Sig: store.TBSHash(sig),
-			}}
-		}(i)
+// sign signs one claimed item with its key, verifies the signature against
+// the key's certificate, and returns it with its audit entry; nil if it
+// failed (the item stays leased and is claimed again after the lease).
+func (s *Server) sign(c store.Claim) *store.Signed {
+	k := s.keys[c.Key]
+	if k == nil {
+		// The key left the configuration after submission: leave the item
+		// queued rather than fail it.
+		s.log.Error("item needs a key this replica does not hold", "request", c.Request, "item", c.ID, "key", c.Key)
+		return nil
 	}
-	wg.Wait()
-	var ok []store.Signed
-	for _, d := range done {
-		if d != nil {
-			ok = append(ok, *d)
-		}
+	h, err := request.HashByName(c.Hash)
+	if err != nil {
+		s.log.Error("stored item has a bad hash", "request", c.Request, "item", c.ID, "err", err)
+		return nil
 	}
-	if len(ok) == 0 {
-		return
-	}
+	k.sem <- struct{}{}
 	t0 := time.Now()
-	n, err := s.store.Complete(context.Background(), ok)
+	sig, err := keys.Sign(k.signer, h, c.TBS)
+	<-k.sem
+	s.metrics.signSeconds.WithLabelValues(c.Key).Observe(time.Since(t0).Seconds())
+	if err == nil {
+		// Never store a signature the certificate does not verify.
+		err = keys.Verify(k.cert.PublicKey, h, c.TBS, sig)
+	}
+	if err != nil {
+		s.metrics.signErrors.WithLabelValues(c.Key).Inc()
+		s.log.Error("signing", "request", c.Request, "item", c.ID, "key", c.Key, "err", err)
+		return nil
+	}
+	return &store.Signed{Claim: c, Signature: sig, Entry: &audit.Entry{
+		Time: time.Now().UTC(), Type: audit.TypeSign, Client: c.Client,
+		Request: c.Request, Item: c.ID, Key: c.Key, Kind: c.Kind,
+		TBS: store.TBSHash(c.TBS), Sig: store.TBSHash(sig),
+	}}
+}
+
+// committer stores signatures as they come, as many per transaction as
+// are ready (up to Batch), until results is closed and drained.
+func (s *Server) committer(results <-chan *store.Signed) {
+	for {
+		first, ok := <-results
+		if !ok {
+			return
+		}
+		// Gather for a few milliseconds: a commit costs a sync, so
+		// fewer, larger ones keep the signers busy.
+		batch := []store.Signed{*first}
+		timeout := time.NewTimer(5 * time.Millisecond)
+	gather:
+		for len(batch) < s.cfg.Batch {
+			select {
+			case d, ok := <-results:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, *d)
+			case <-timeout.C:
+				break gather
+			}
+		}
+		timeout.Stop()
+		s.commit(batch)
+	}
+}
+
+func (s *Server) commit(batch []store.Signed) {
+	t0 := time.Now()
+	n, err := s.store.Complete(context.Background(), batch)
 	s.metrics.commitSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
 		// Nothing stored: the items stay leased to us until the lease
 		// expires, then are claimed and signed again.
-		s.log.Error("storing signatures", "items", len(ok), "err", err)
+		s.log.Error("storing signatures", "items", len(batch), "err", err)
 		return
 	}
-	s.signedBroadcast()
-	for _, d := range ok {
+	s.signedBroadcast(batch)
+	for _, d := range batch {
 		s.metrics.signed.WithLabelValues(d.Claim.Key).Inc()
 	}
-	if n != len(ok) {
-		s.log.Warn("signatures dropped: items were re-claimed after their lease expired", "dropped", len(ok)-n)
+	if n != len(batch) {
+		s.log.Warn("signatures dropped: items were re-claimed after their lease expired", "dropped", len(batch)-n)
 	}
-	s.log.Debug("batch signed", "items", n, "seconds", time.Since(start).Seconds())
+	s.log.Debug("batch stored", "items", n, "seconds", time.Since(t0).Seconds())
 }
