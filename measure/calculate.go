@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -271,7 +272,11 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 		free <- &b
 	}
 	chans := make([]chan *chunk, nw)
-	var wg sync.WaitGroup
+	var (
+		wg      sync.WaitGroup
+		faultMu sync.Mutex
+		fault   error // a worker's reading fault
+	)
 	for w := range nw {
 		ch := make(chan *chunk, numChunks)
 		chans[w] = ch
@@ -282,6 +287,7 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 		wg.Add(1)
 		go func(group []int, hs []hash.Hash) {
 			defer wg.Done()
+			debug.SetPanicOnFault(true) // a mapped file truncated under us
 			for c := range ch {
 				if c.data == nil {
 					for i, bi := range group {
@@ -290,18 +296,37 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 					}
 					continue
 				}
-				for _, h := range hs {
-					h.Write(c.data)
+				if err := hashChunk(hs, c.data); err != nil {
+					faultMu.Lock()
+					fault = fmt.Errorf("%s: %w", inputs[c.input].Origin, err)
+					faultMu.Unlock()
 				}
-				if c.refs.Add(-1) == 0 {
+				if c.buf != nil && c.refs.Add(-1) == 0 {
 					free <- c.buf
 				}
 			}
 		}(groups[w], hs)
 	}
+	var unmaps []func()
+	defer func() {
+		for _, u := range unmaps {
+			u()
+		}
+	}()
 	var err error
 	for ii, in := range inputs {
-		for off := int64(0); off < in.Size && err == nil; {
+		m, unmap, mapped := mapInput(in)
+		if mapped {
+			unmaps = append(unmaps, unmap)
+			for off := int64(0); off < in.Size; off += chunkSize {
+				c := &chunk{input: ii, data: m[off:min(off+chunkSize, in.Size)]}
+				prefault(c.data)
+				for _, ch := range chans {
+					ch <- c
+				}
+			}
+		}
+		for off := int64(0); !mapped && off < in.Size && err == nil; {
 			buf := <-free
 			n := int64(chunkSize)
 			if in.Size-off < n {
@@ -339,10 +364,27 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 		close(ch)
 	}
 	wg.Wait()
+	if err == nil {
+		err = fault
+	}
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// hashChunk feeds data to every hash, turning a memory fault (a mapped
+// file that shrank) into an error.
+func hashChunk(hs []hash.Hash, data []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reading failed (file truncated while hashing?): %v", r)
+		}
+	}()
+	for _, h := range hs {
+		h.Write(data)
+	}
+	return nil
 }
 
 func digestSmall(inputs []Input, banks []Bank, out [][][]byte) ([][][]byte, error) {

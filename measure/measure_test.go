@@ -39,7 +39,7 @@ func randomFixture(t *testing.T, r *mrand.Rand) fixture {
 		}
 		size := r.IntN(5000) + 1
 		if s == measure.Initrd {
-			size = r.IntN(3<<20) + 1 // spans several read chunks
+			size = r.IntN(3<<20) + 300<<10 // spans several read chunks
 		}
 		if s != measure.Linux && r.IntN(8) == 0 {
 			size = 0 // systemd skips empty sections
@@ -51,7 +51,17 @@ func randomFixture(t *testing.T, r *mrand.Rand) fixture {
 			t.Fatal(err)
 		}
 		f.args = append(f.args, "--"+strings.TrimPrefix(s.String(), ".")+"="+p)
-		f.inputs = append(f.inputs, measure.BytesInput(s, b))
+		if size == 0 {
+			f.inputs = append(f.inputs, measure.BytesInput(s, b))
+			continue
+		}
+		// Files, as the CLI opens them (large ones are memory-mapped).
+		in, fh, err := measure.OpenFile(s, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fh.Close() })
+		f.inputs = append(f.inputs, in)
 	}
 	return f
 }
