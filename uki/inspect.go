@@ -81,7 +81,7 @@ func Inspect(r io.ReaderAt, size int64, phases []string, banks []measure.Bank) (
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Stub: rel.Version}
+	rep := &Report{Stub: rel.Version, Signatures: []SignatureInfo{}}
 	for _, s := range f.Sections {
 		h := sha256.New()
 		if _, err := io.Copy(h, io.NewSectionReader(s.Open(), 0, s.Size())); err != nil {
@@ -95,7 +95,7 @@ func Inspect(r io.ReaderAt, size int64, phases []string, banks []measure.Bank) (
 		return nil, err
 	}
 	for _, p := range Profiles(secs) {
-		pr := ProfileReport{Index: p.Index}
+		pr := ProfileReport{Index: p.Index, PCRSig: []PCRSigReport{}}
 		if ps := findNamed(p.Sections, ".profile"); ps != nil && ps.Size < 1<<16 {
 			b := make([]byte, ps.Size)
 			ps.R.ReadAt(b, 0)
