@@ -113,9 +113,13 @@ type part struct {
 }
 
 func (p *part) verityParams(o *Options) verity.Params {
-	d, h := p.def.VerityDataBlockSize, p.def.VerityHashBlockSize
-	if p.hash != nil {
-		d, h = max(d, p.hash.def.VerityDataBlockSize), max(h, p.hash.def.VerityHashBlockSize)
+	// Either definition of the pair may set the block sizes (CheckDefinitions
+	// makes sure they do not disagree).
+	var d, h int
+	for _, q := range []*part{p, p.data, p.hash} {
+		if q != nil {
+			d, h = max(d, q.def.VerityDataBlockSize), max(h, q.def.VerityHashBlockSize)
+		}
 	}
 	if d == 0 {
 		d = defaultVerityBlock
