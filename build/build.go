@@ -111,6 +111,7 @@ func Run(c *Config, o Options) (*Result, error) {
 	if st.Config != hex.EncodeToString(c.digest[:]) {
 		return nil, fmt.Errorf("%s: %w (state %s)", dir, ErrConfigChanged, st.Config[:min(16, len(st.Config))])
 	}
+	c.certificatesFromState(st)
 	if len(o.Responses) > 0 {
 		if err := resume(c, dir, st, o.Responses); err != nil {
 			return nil, err

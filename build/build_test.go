@@ -287,7 +287,7 @@ func TestConfigErrors(t *testing.T) {
 		"bad output":    "[[image]]\noutput = \"../x.raw\"\ndefinitions = \"d\"\n",
 		"dup output":    "[[image]]\noutput = \"x.raw\"\ndefinitions = \"d\"\n[[image]]\noutput = \"x.raw\"\ndefinitions = \"d\"\n",
 		"state output":  "[[image]]\noutput = \"state.json\"\ndefinitions = \"d\"\n",
-		"no cert":       "[keys.db]\nkey = \"offline\"\n",
+		"no cert":       "[keys.db]\nkey = \"db.key\"\n",
 		"verity image":  "[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nverity-image = \"none.raw\"\n",
 		"not toml":      "[[uki]\n",
 		"ipe no policy": "[ipe]\nkey = \"k\"\n",

@@ -35,6 +35,10 @@ type Config struct {
 
 	dir    string   // directory of the configuration file
 	digest [32]byte // SHA-256 of the configuration file
+	// remote holds the certificates (chain after) of keys configured
+	// without one: from the signing service's key list, or the build
+	// state that recorded them (see server.go).
+	remote map[string][]*x509.Certificate
 }
 
 // Offline is the key reference of a key that only signs through requests.
@@ -42,7 +46,9 @@ const Offline = "offline"
 
 // KeyConfig names a signing key.
 type KeyConfig struct {
-	// Certificate is a PEM/DER file or a pkcs11: URI.
+	// Certificate is a PEM/DER file or a pkcs11: URI. An offline key may
+	// leave it out: its certificate then comes from the signing service
+	// (signet build --server) and is recorded in the build state.
 	Certificate string `toml:"certificate"`
 	// Key is a PEM private key file, a pkcs11: URI, or "offline".
 	Key string `toml:"key"`
@@ -193,8 +199,8 @@ func (c *Config) check() error {
 		return nil
 	}
 	for name, k := range c.Keys {
-		if k.Certificate == "" || k.Key == "" {
-			return fmt.Errorf("[keys.%s]: certificate and key are required (key = \"offline\" for offline signing)", name)
+		if k.Key == "" || (k.Certificate == "" && k.Key != Offline) {
+			return fmt.Errorf("[keys.%s]: certificate and key are required (key = \"offline\" for offline signing; only an offline key may take its certificate from the signing service)", name)
 		}
 		if strings.ContainsAny(name, "=,/ ") {
 			return fmt.Errorf("[keys.%s]: key names may not contain '=', ',', '/' or space", name)
@@ -303,6 +309,12 @@ func (c *Config) Certificate(name string) (*x509.Certificate, []*x509.Certificat
 	k := c.Keys[name]
 	if k == nil {
 		return nil, nil, fmt.Errorf("no key %q in the configuration", name)
+	}
+	if k.Certificate == "" {
+		if certs := c.remote[name]; len(certs) > 0 {
+			return certs[0], certs[1:], nil
+		}
+		return nil, nil, fmt.Errorf("key %s: %w", name, ErrNoCertificate)
 	}
 	ref := c.Path(k.Certificate)
 	if strings.HasPrefix(ref, "pkcs11:") {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -20,8 +21,10 @@ func newBuildCmd() *cobra.Command {
 	var resume []string
 	var dir string
 	var keyVals []string
+	var sf serverFlags
+	var vkey string
 	cmd := &cobra.Command{
-		Use:   "build CONFIG [--resume=RESPONSE] [--dir=BUILD-DIR] [--key NAME=KEY]...",
+		Use:   "build CONFIG [--resume=RESPONSE] [--dir=BUILD-DIR] [--key NAME=KEY]... [--server=URL]",
 		Short: "Build and sign an image in rounds (offline keys) or in one go",
 		Long: `Runs the image build CONFIG describes (see docs/build.md). Signatures by
 online keys are made on the spot. When a signature needs an offline key, the
@@ -29,7 +32,15 @@ build writes round-N.request.json into the build directory and exits with
 status 75; sign it (signet request sign, or OBS) and run again with
 --resume=RESPONSE (several --resume= when key holders answered their items
 separately with signet request sign --partial). --key NAME=KEY makes key NAME online for this run (a PEM
-file or a pkcs11: URI), whatever the configuration says.`,
+file or a pkcs11: URI), whatever the configuration says.
+
+With --server=URL every round is submitted to that signing service (signet
+serve), waited for (--timeout per round, progress on stderr), verified (with
+--audit-key, the audit proofs too), stored as round-N.response.json and
+joined, so the build completes in one command. Offline keys configured
+without a certificate take theirs from the service. If the wait is cut short
+(timeout, or the process dies), the same command again picks up the
+submitted request; the exit status after a timeout is 75.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := build.LoadConfig(args[0])
@@ -51,9 +62,32 @@ file or a pkcs11: URI), whatever the configuration says.`,
 				}
 				o.Responses = append(o.Responses, data)
 			}
-			res, err := build.Run(c, o)
-			if err != nil {
-				return err
+			var res *build.Result
+			if sf.url != "" {
+				vk, err := auditKeyArg(vkey)
+				if err != nil {
+					return err
+				}
+				cl, err := sf.client()
+				if err != nil {
+					return err
+				}
+				res, err = build.RunService(cmd.Context(), c, o, &build.Service{Client: cl, AuditKey: vk, Timeout: sf.timeout})
+				if errors.Is(err, build.ErrStillWaiting) {
+					return &exitError{code: exitPending, err: err}
+				}
+				if err != nil {
+					return err
+				}
+			} else {
+				for _, f := range []string{"token", "token-file", "client-cert", "client-key", "ca", "timeout", "audit-key"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--%s needs --server=", f)
+					}
+				}
+				if res, err = build.Run(c, o); err != nil {
+					return err
+				}
 			}
 			if res.Done {
 				fmt.Fprintf(cmd.ErrOrStderr(), "build complete in %s\n", res.Dir)
@@ -67,5 +101,8 @@ file or a pkcs11: URI), whatever the configuration says.`,
 	cmd.Flags().StringArrayVar(&resume, "resume", nil, "response to the pending request (repeat for partial responses by several key holders)")
 	cmd.Flags().StringVar(&dir, "dir", "", "build directory (default: the configuration's)")
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: sign with key NAME online (PEM file or pkcs11: URI)")
+	sf.register(cmd.Flags())
+	cmd.Flags().Lookup("timeout").Usage = "with --server: give up waiting for one round's signatures after this long (exit 75)"
+	cmd.Flags().StringVar(&vkey, "audit-key", "", "with --server: note verifier key of the service's audit log (or a file holding it): check each signature's audit proof")
 	return cmd
 }
