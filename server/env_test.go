@@ -41,6 +41,7 @@ var (
 	hsmOnce sync.Once
 	hsmURI  string
 	hsmKey  *testkeys.Key
+	hsmDir  string
 )
 
 // softHSMKey imports one RSA-2048 key into the process-wide token once.
@@ -49,7 +50,12 @@ func softHSMKey(t testing.TB) (*testkeys.Key, string) {
 		h := testkeys.NewSoftHSM(t)
 		hsmKey = testkeys.Generate(t, testkeys.RSA2048)
 		// Keep the PEM files past this test: later tests use the cert.
-		dir, _ := os.MkdirTemp("", "signet-server-hsm-")
+		// TestMain removes the directory.
+		dir, err := os.MkdirTemp("", "signet-server-hsm-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hsmDir = dir
 		hsmKey = testkeys.Write(t, testkeys.RSA2048, hsmKey.Signer, dir)
 		hsmURI = h.Import(t, hsmKey, "server-test")
 	})
