@@ -214,7 +214,7 @@ func (s *Service) round(ctx context.Context, dir string, p *PendingRequest, log 
 		}
 		return nil, fmt.Errorf("round %d (%s): submitting to the signing service: %w", p.Round, path, err)
 	}
-	fmt.Fprintf(log, "round %d: %d items at the signing service as request %s (%s)\n", p.Round, len(req.Items), st.ID, progress(st))
+	fmt.Fprintf(log, "round %d: %s at the signing service as request %s (%s)\n", p.Round, plural(len(req.Items), "item"), st.ID, progress(st))
 
 	wctx, cancel := ctx, context.CancelFunc(func() {})
 	if s.Timeout > 0 {
@@ -243,7 +243,7 @@ func (s *Service) round(ctx context.Context, dir string, p *PendingRequest, log 
 	if s.AuditKey != "" {
 		proofs = "audit proofs checked"
 	}
-	fmt.Fprintf(log, "round %d: %d signatures verified (%s); response in %s\n", p.Round, len(res.Response.Items), proofs, base+".response.json")
+	fmt.Fprintf(log, "round %d: %s verified (%s); response in %s\n", p.Round, plural(len(res.Response.Items), "signature"), proofs, base+".response.json")
 	return out, nil
 }
 
@@ -323,4 +323,11 @@ func refusal(e *api.Error) string {
 		s += fmt.Sprintf("; %s %s: %s", word, strings.Join(items[r], ", "), strings.Join(strings.Fields(r), " "))
 	}
 	return s
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -253,7 +253,7 @@ func TestServer(t *testing.T) {
 	}
 	t.Logf("build --server:\n%s", stderr)
 	for round := 1; round <= 3; round++ {
-		for _, want := range []string{fmt.Sprintf("round %d: %d signatures verified (audit proofs checked)", round, map[int]int{1: 7, 2: 1, 3: 2}[round])} {
+		for _, want := range []string{fmt.Sprintf("round %d: %s verified (audit proofs checked)", round, map[int]string{1: "7 signatures", 2: "1 signature", 3: "2 signatures"}[round])} {
 			if !strings.Contains(stderr, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, stderr)
 			}
@@ -289,10 +289,11 @@ func TestServer(t *testing.T) {
 	}
 }
 
-// TestServerWaitResumed has round 2 wait for an approval the build's
-// timeout does not see: the build exits 75 with the request still
-// submitted; after the approval, the same command picks the request up
-// and finishes with the same bytes as an online build.
+// TestServerWaitResumed has round 2 wait for an approval: the build is
+// killed while it waits; run again with a timeout it picks up the same
+// request and exits 75 when the time is up, the request still submitted;
+// after the approval, the same command finishes with the same bytes as an
+// online build.
 func TestServerWaitResumed(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	cfgPath, uris := example(t)
@@ -301,10 +302,36 @@ func TestServerWaitResumed(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "waited")
 	args := []string{"build", cfgPath, "--dir=" + dir, "--server=" + svc.url, "--token=" + svc.tokens["ci"], "--audit-key=" + svc.vkey}
 
+	// The build dies while it waits for round 2.
+	killed := exec.Command(bin, args...)
+	pipe, err := killed.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var firstLog strings.Builder
+	for sc := bufio.NewScanner(pipe); sc.Scan(); {
+		firstLog.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "round 2: 1 item at the signing service") {
+			killed.Process.Kill()
+			break
+		}
+	}
+	killed.Wait()
+	if !strings.Contains(firstLog.String(), "round 2: 1 item at the signing service") {
+		t.Fatalf("the first run never waited for round 2:\n%s", firstLog.String())
+	}
+
+	// Run again, with a timeout: it picks up round 2's request and waits.
 	code, stderr := runSignet(t, bin, append(args, "--timeout=2s")...)
 	line := errLine(stderr)
 	if code != 75 || !strings.Contains(line, "round 2: still waiting for the signing service") {
 		t.Fatalf("timed-out build: exit %d, last line %q\n%s", code, line, stderr)
+	}
+	if strings.Contains(stderr, "round 1:") {
+		t.Errorf("the rerun went back to round 1:\n%s", stderr)
 	}
 	t.Logf("timed out:\n%s", stderr)
 	if !strings.Contains(stderr, "approvals: db needs 1") {
@@ -334,7 +361,7 @@ func TestServerWaitResumed(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d\n%s", code, stderr)
 	}
-	if !strings.Contains(stderr, "round 2: 1 items at the signing service as request "+id) {
+	if !strings.Contains(stderr, "round 2: 1 item at the signing service as request "+id) {
 		t.Errorf("the rerun did not pick up request %s:\n%s", id, stderr)
 	}
 	after, err := alice.Status(ctx, id)
