@@ -3,6 +3,7 @@ package build
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -125,20 +126,25 @@ func RunService(ctx context.Context, c *Config, o Options, s *Service) (*Result,
 }
 
 // certificates fills in, from the service's key list, the certificates of
-// keys configured without one.
+// keys configured without one, and checks before anything is submitted
+// that the service's key of each offline key's name is the configured
+// certificate's key (or a round would be signed, and audited, in vain).
 func (s *Service) certificates(ctx context.Context, c *Config, st *State) error {
-	var need []string
+	var need, offline []string
 	for _, name := range c.KeyNames() {
-		if c.Keys[name].Certificate == "" {
+		switch k := c.Keys[name]; {
+		case k.Certificate == "":
 			need = append(need, name)
+		case k.Key == Offline:
+			offline = append(offline, name)
 		}
 	}
-	if len(need) == 0 {
+	if len(need)+len(offline) == 0 {
 		return nil
 	}
 	list, err := s.Client.Keys(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the signing service's keys (for the certificates of %s): %w", strings.Join(need, ", "), err)
+		return fmt.Errorf("listing the signing service's keys (for keys %s): %w", strings.Join(append(need, offline...), ", "), err)
 	}
 	byName := map[string]*api.Key{}
 	for i := range list {
@@ -162,12 +168,39 @@ func (s *Service) certificates(ctx context.Context, c *Config, st *State) error 
 		}
 		c.setRemote(name, certs)
 	}
+	for _, name := range offline {
+		k := byName[name]
+		if k == nil {
+			continue // the service says so if a round uses it
+		}
+		cert, _, err := c.Certificate(name)
+		if err != nil {
+			return err
+		}
+		pub, err := keys.ParsePublicKeyPEM([]byte(k.PublicKey))
+		if err != nil {
+			return fmt.Errorf("key %s: the signing service's public key: %w", name, err)
+		}
+		if !keys.SamePublicKey(pub, cert.PublicKey) {
+			return fmt.Errorf("key %s: the configured certificate %s (public key sha256 %s) is not for the signing service's key %q (public key sha256 %s)",
+				name, c.Keys[name].Certificate, pubSum(cert.PublicKey), name, pubSum(pub))
+		}
+	}
 	return nil
 }
 
 func certSum(der []byte) string {
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:8])
+}
+
+// pubSum names a public key by its SubjectPublicKeyInfo's SHA-256 prefix.
+func pubSum(pub crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "?"
+	}
+	return certSum(der)
 }
 
 func (c *Config) setRemote(name string, certs []*x509.Certificate) {

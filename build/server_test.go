@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -229,9 +230,25 @@ func TestServer(t *testing.T) {
 	srvCfg := serverConfig(t, cfgPath)
 	dir := filepath.Join(t.TempDir(), "served")
 
+	// A configured certificate that is not the service's key: refused
+	// before anything is submitted or written.
+	wrong := testkeys.Generate(t, testkeys.P256) // the example's keys are RSA (and cached per kind)
+	data, _ := os.ReadFile(srvCfg)
+	wrongCfg := filepath.Join(filepath.Dir(srvCfg), "image-wrong.toml")
+	os.WriteFile(wrongCfg, bytes.Replace(data, []byte(`"gen/keys/verity.crt"`), []byte(strconv.Quote(wrong.CertPath)), 1), 0o644)
+	wrongDir := filepath.Join(t.TempDir(), "wrong")
+	code, stderr := runSignet(t, bin, "build", wrongCfg, "--dir="+wrongDir, "--server="+svc.url, "--token="+svc.tokens["ci"])
+	if line := errLine(stderr); code != 1 || !strings.HasPrefix(line, "signet: key verity: the configured certificate "+wrong.CertPath+" (public key sha256 ") ||
+		!strings.Contains(line, `is not for the signing service's key "verity"`) {
+		t.Fatalf("wrong certificate: exit %d, last line %q", code, line)
+	}
+	if _, err := os.Stat(wrongDir); err == nil {
+		t.Error("a build refused before its first pass created its directory")
+	}
+
 	// Refused: the service names the item and the reason; the round
 	// stays pending.
-	code, stderr := runSignet(t, bin, "build", srvCfg, "--dir="+dir, "--server="+svc.url, "--token="+svc.tokens["no-pcr"], "--audit-key="+svc.vkey)
+	code, stderr = runSignet(t, bin, "build", srvCfg, "--dir="+dir, "--server="+svc.url, "--token="+svc.tokens["no-pcr"], "--audit-key="+svc.vkey)
 	line := errLine(stderr)
 	if code != 1 || !strings.HasPrefix(line, "signet: round 1 (") || !strings.Contains(line, "refused by the signing service (403)") ||
 		!strings.Contains(line, `items "pcrs/example.efi/`) || !strings.HasSuffix(line, `: client no-pcr may not use key "pcr"`) {
