@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
@@ -74,6 +75,9 @@ type Store struct {
 	db       *sql.DB // transactions (SQLite: the single writer connection)
 	rdb      *sql.DB // reads outside transactions (SQLite: WAL readers that never wait for the writer)
 	postgres bool
+
+	hmu    sync.Mutex
+	hcache map[int64]tlog.Hash // committed stored hashes
 }
 
 // Open opens (creating the schema if needed) a store. driver is "sqlite"
@@ -667,14 +671,50 @@ func (s *Store) Tree(ctx context.Context) (int64, tlog.Hash, error) {
 	return size, h, nil
 }
 
+// hashReader reads committed stored hashes, through a bounded in-memory
+// cache: a stored hash never changes once committed, and proofs and tree
+// heads read the same upper-level hashes again and again. (Hashes written
+// by a transaction that may still roll back are never cached.)
 func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 	return tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		if len(idx) == 0 {
 			return nil, nil
 		}
-		return s.readHashes(ctx, s.rdb, idx)
+		out := make([]tlog.Hash, len(idx))
+		var miss []int64
+		var at []int // positions in out of the misses
+		s.hmu.Lock()
+		for i, x := range idx {
+			if h, ok := s.hcache[x]; ok {
+				out[i] = h
+			} else {
+				miss = append(miss, x)
+				at = append(at, i)
+			}
+		}
+		s.hmu.Unlock()
+		if len(miss) == 0 {
+			return out, nil
+		}
+		got, err := s.readHashes(ctx, s.rdb, miss)
+		if err != nil {
+			return nil, err
+		}
+		s.hmu.Lock()
+		if s.hcache == nil || len(s.hcache)+len(miss) > maxCachedHashes {
+			s.hcache = map[int64]tlog.Hash{}
+		}
+		for i, x := range miss {
+			s.hcache[x] = got[i]
+			out[at[i]] = got[i]
+		}
+		s.hmu.Unlock()
+		return out, nil
 	})
 }
+
+// maxCachedHashes bounds the hash cache (32 bytes each plus map overhead).
+const maxCachedHashes = 1 << 18
 
 // Prove returns the inclusion proofs of entries ns in the tree of size t.
 // Proofs of nearby entries share most hashes: each is read once.

@@ -23,6 +23,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -127,8 +129,10 @@ keys = ["bench"]
 		defer cancel()
 	} else {
 		srv := exec.Command(*signet, "serve", "--config", cfgPath, "--log-level", "warn")
+		defer func() { serverPID = 0 }()
 		srv.Stderr = os.Stderr
 		must(srv.Start())
+		serverPID = srv.Process.Pid
 		defer func() {
 			srv.Process.Signal(syscall.SIGTERM)
 			srv.Wait()
@@ -172,19 +176,30 @@ keys = ["bench"]
 	// Rounds of (raw, API, raw): on a shared machine the load changes
 	// from second to second, so each API run is compared with the raw
 	// rate measured right around it, and the median round is reported.
-	var ratios []float64
+	var ratios, cpuRatios []float64
 	var lat []time.Duration
 	var rates []float64
 	per := len(bodies) / *rounds
 	for r := range *rounds {
-		before := rawRate(uri)
+		before, rawCPU1 := rawRate(uri)
+		srvCPU0, selfCPU0 := procCPU(serverPID), selfCPU()
 		rate, l := apiRun(c, bodies[r*per:(r+1)*per], reqs[r*per:(r+1)*per], vkey)
-		after := rawRate(uri)
+		srvCPU, clientCPU := procCPU(serverPID)-srvCPU0, selfCPU()-selfCPU0
+		after, rawCPU2 := rawRate(uri)
 		raw := (before + after) / 2
 		lat = append(lat, l...)
 		rates = append(rates, rate)
 		ratios = append(ratios, rate/raw)
 		fmt.Printf("round %d: raw PKCS#11 %.0f signatures/s (before %.0f, after %.0f); API %.0f items/s; ratio %.0f%%\n", r+1, raw, before, after, rate, 100*rate/raw)
+		if serverPID != 0 {
+			// CPU cost per signature does not depend on what else the
+			// machine runs: raw, in the server, and in the load generator.
+			items := float64(len(reqs[r*per:(r+1)*per]) * *batch)
+			rawPer := (rawCPU1 + rawCPU2) / 2
+			fmt.Printf("         CPU per signature: raw %.2f ms, signet serve %.2f ms (%.0f%% of raw), load generator %.2f ms\n",
+				1000*rawPer, 1000*srvCPU/items, 100*srvCPU/items/rawPer, 1000*clientCPU/items)
+			cpuRatios = append(cpuRatios, rawPer/(srvCPU/items))
+		}
 	}
 	if *cpuprof != "" {
 		pprof.StopCPUProfile()
@@ -197,6 +212,35 @@ keys = ["bench"]
 		driver, *clients, per**rounds, *batch, *rounds, rates[len(rates)/2], pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
 	fmt.Printf("raw PKCS#11: crypto11, SoftHSM2 RSA-2048, %d goroutines, in-process\n", *workers)
 	fmt.Printf("median ratio API / raw: %.0f%%\n", 100*ratios[len(ratios)/2])
+	if len(cpuRatios) > 0 {
+		slices.Sort(cpuRatios)
+		fmt.Printf("median CPU-bound ratio (raw CPU per signature / signet serve CPU per item): %.0f%%\n", 100*cpuRatios[len(cpuRatios)/2])
+	}
+}
+
+// serverPID is the signet serve child, 0 when in-process.
+var serverPID int
+
+// procCPU returns the user+system CPU seconds of process pid so far.
+func procCPU(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	must(err)
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ = 100).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
+}
+
+// selfCPU returns this process's user+system CPU seconds so far.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	must(syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // apiRun submits bodies from the concurrent clients, each waiting for its
@@ -240,8 +284,9 @@ func apiRun(c *client.Client, bodies [][]byte, reqs []*request.Request, vkey str
 }
 
 // rawRate signs with workers goroutines for rawDur and returns signatures
-// per second.
-func rawRate(uri string) float64 {
+// per second and CPU seconds per signature (the process does nothing else
+// meanwhile).
+func rawRate(uri string) (float64, float64) {
 	s, err := keys.Open("provider:pkcs11", uri)
 	must(err)
 	defer s.Close()
@@ -249,6 +294,7 @@ func rawRate(uri string) float64 {
 	var n atomic.Int64
 	deadline := time.Now().Add(*rawDur)
 	var wg sync.WaitGroup
+	cpu0 := selfCPU()
 	start := time.Now()
 	for range *workers {
 		wg.Add(1)
@@ -262,7 +308,8 @@ func rawRate(uri string) float64 {
 		}()
 	}
 	wg.Wait()
-	return float64(n.Load()) / time.Since(start).Seconds()
+	el := time.Since(start)
+	return float64(n.Load()) / el.Seconds(), (selfCPU() - cpu0) / float64(n.Load())
 }
 
 func freePort() int {
