@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -354,6 +355,22 @@ func TestServerWaitResumed(t *testing.T) {
 	if !strings.Contains(stderr, "approvals: db needs 1") {
 		t.Errorf("no approval progress on stderr:\n%s", stderr)
 	}
+	// The library reports the wait's progress while it lasts.
+	cl, err := client.New(svc.url, client.Options{Token: svc.tokens["ci"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	_, err = RunService(context.Background(), c0, Options{Dir: dir, Log: &log}, &Service{Client: cl, Timeout: 1500 * time.Millisecond, Progress: 400 * time.Millisecond})
+	if !errors.Is(err, ErrStillWaiting) || !strings.Contains(log.String(), "approval, 0/1 items signed; approvals: db needs 1\n") ||
+		!regexp.MustCompile(`(?m)^round 2: waiting [0-9]s for request [0-9a-f]{64}: approval, 0/1 items signed; approvals: db needs 1$`).MatchString(log.String()) {
+		t.Errorf("RunService while waiting: %v\n%s", err, log.String())
+	}
+
 	data, err := os.ReadFile(filepath.Join(dir, "round-2.request.json"))
 	if err != nil {
 		t.Fatal(err)
