@@ -717,35 +717,52 @@ func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 const maxCachedHashes = 1 << 18
 
 // Prove returns the inclusion proofs of entries ns in the tree of size t.
-// Proofs of nearby entries share most hashes: each is read once.
+// A first pass only records which stored hashes the proofs need; they are
+// then read together (cache first, then the database, in a few queries)
+// and the proofs built from them.
 func (s *Store) Prove(ctx context.Context, t int64, ns ...int64) ([]tlog.RecordProof, error) {
-	cache := map[int64]tlog.Hash{}
-	db := s.hashReader(ctx)
-	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		var miss []int64
+	need := map[int64]bool{}
+	record := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		for _, x := range idx {
-			if _, ok := cache[x]; !ok {
-				miss = append(miss, x)
-			}
+			need[x] = true
 		}
-		if len(miss) > 0 {
-			got, err := db.ReadHashes(miss)
-			if err != nil {
-				return nil, err
-			}
-			for i, x := range miss {
-				cache[x] = got[i]
-			}
+		return make([]tlog.Hash, len(idx)), nil
+	})
+	for _, n := range ns {
+		if _, err := tlog.ProveRecord(t, n, record); err != nil {
+			return nil, fmt.Errorf("store: audit proof of %d in %d: %w", n, t, err)
 		}
+	}
+	idx := make([]int64, 0, len(need))
+	for x := range need {
+		idx = append(idx, x)
+	}
+	known := map[int64]tlog.Hash{}
+	r := s.hashReader(ctx)
+	for i := 0; i < len(idx); i += 500 {
+		part := idx[i:min(i+500, len(idx))]
+		got, err := r.ReadHashes(part)
+		if err != nil {
+			return nil, fmt.Errorf("store: audit proofs: %w", err)
+		}
+		for k, x := range part {
+			known[x] = got[k]
+		}
+	}
+	fromKnown := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
 		for i, x := range idx {
-			out[i] = cache[x]
+			h, ok := known[x]
+			if !ok {
+				return nil, fmt.Errorf("audit hash %d not read", x)
+			}
+			out[i] = h
 		}
 		return out, nil
 	})
 	out := make([]tlog.RecordProof, len(ns))
 	for i, n := range ns {
-		p, err := tlog.ProveRecord(t, n, r)
+		p, err := tlog.ProveRecord(t, n, fromKnown)
 		if err != nil {
 			return nil, fmt.Errorf("store: audit proof of %d in %d: %w", n, t, err)
 		}
