@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +28,7 @@ import (
 
 	"signet.dev/internal/testkeys"
 	"signet.dev/request"
+	"signet.dev/server/api"
 	"signet.dev/server/client"
 )
 
@@ -442,5 +445,53 @@ func TestCertificateFromState(t *testing.T) {
 	os.WriteFile(p, []byte("[keys.db]\nkey = \"db.key\"\n"), 0o644)
 	if _, err := LoadConfig(p); err == nil {
 		t.Fatal("an online key without a certificate was accepted")
+	}
+}
+
+// TestServiceCertificateChanged: a build whose state recorded a key's
+// certificate from the service refuses a service now holding another
+// certificate for that key, and names a key the service lacks.
+func TestServiceCertificateChanged(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(p, []byte("name = \"remote\"\n[keys.db]\nkey = \"offline\"\n"), 0o644)
+	first, second := testkeys.Generate(t, testkeys.RSA2048), testkeys.Generate(t, testkeys.P256)
+	var served []api.Key
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/keys" {
+			http.Error(w, `{"error":"not here"}`, http.StatusNotFound)
+			return
+		}
+		w.Write(api.Marshal(served))
+	}))
+	t.Cleanup(hs.Close)
+	cl, err := client.New(hs.URL, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(k *testkeys.Key) api.Key {
+		cert, _ := os.ReadFile(k.CertPath)
+		pub, _ := os.ReadFile(k.PubPath)
+		return api.Key{Name: "db", Certificate: string(cert), PublicKey: string(pub)}
+	}
+	dir := filepath.Join(t.TempDir(), "b")
+	c, _ := LoadConfig(p)
+	if _, err := RunService(context.Background(), c, Options{Dir: dir}, &Service{Client: cl}); err == nil ||
+		!strings.Contains(err.Error(), `key db: no certificate in the configuration, and the signing service has no key "db"`) {
+		t.Fatalf("service without the key: %v", err)
+	}
+	served = []api.Key{key(first)}
+	c, _ = LoadConfig(p)
+	if res, err := RunService(context.Background(), c, Options{Dir: dir}, &Service{Client: cl}); err != nil || !res.Done {
+		t.Fatalf("with the service's certificate: %+v %v", res, err)
+	}
+	st, _ := LoadState(dir)
+	if !bytes.Equal(st.Certificates["db"], first.Cert.Raw) {
+		t.Fatal("the state did not record the service's certificate")
+	}
+	served = []api.Key{key(second)}
+	c, _ = LoadConfig(p)
+	if _, err := RunService(context.Background(), c, Options{Dir: dir}, &Service{Client: cl}); err == nil ||
+		!strings.Contains(err.Error(), "key db: the signing service's certificate (sha256 ") || !strings.Contains(err.Error(), "is not the one this build started with") {
+		t.Fatalf("changed certificate: %v", err)
 	}
 }
