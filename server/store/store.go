@@ -426,32 +426,78 @@ type Signed struct {
 func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err error) {
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		stored = 0
-		// Lock the log head first: the entries' indexes are then known
-		// before each item's update, which records its own.
-		size, err := s.lockHead(ctx, tx)
-		if err != nil {
-			return err
+		// One statement per chunk of items, not one per item: the store is
+		// on the signing path of every item.
+		ok := map[[2]any]bool{}
+		cast := func(t string) string { return "" }
+		if s.postgres {
+			cast = func(t string) string { return "::" + t }
 		}
-		var entries []*audit.Entry
-		for _, d := range done {
-			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ?, signature = ?, audit_index = ?, lease_owner = NULL, lease_until = NULL
-				WHERE request_id = ? AND seq = ? AND state = ? AND lease_owner = ? AND lease_until = ?`),
-				StateSigned, d.Signature, size+int64(len(entries)), d.Claim.Request, d.Claim.Seq, StatePending, d.Claim.Owner, d.Claim.Until)
+		row := "(?" + cast("text") + ", ?" + cast("integer") + ", ?" + cast("bytea") + ", ?" + cast("text") + ", ?" + cast("bigint") + ")"
+		for i := 0; i < len(done); i += 200 {
+			var q strings.Builder
+			args := []any{StateSigned}
+			q.WriteString(`UPDATE items SET state = ?, signature = v.column3, lease_owner = NULL, lease_until = NULL FROM (VALUES `)
+			for k, d := range done[i:min(i+200, len(done))] {
+				if k > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString(row)
+				args = append(args, d.Claim.Request, d.Claim.Seq, d.Signature, d.Claim.Owner, d.Claim.Until)
+			}
+			q.WriteString(`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2 AND items.state = ?
+				AND items.lease_owner = v.column4 AND items.lease_until = v.column5 RETURNING items.request_id, items.seq`)
+			args = append(args, StatePending)
+			rows, err := tx.QueryContext(ctx, s.q(q.String()), args...)
 			if err != nil {
 				return err
 			}
-			if n, _ := res.RowsAffected(); n == 1 {
+			for rows.Next() {
+				var r string
+				var seq int
+				if err := rows.Scan(&r, &seq); err != nil {
+					rows.Close()
+					return err
+				}
+				ok[[2]any{r, seq}] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+		}
+		// Only items still pending and leased to their claim were updated:
+		// their entries go into the log, in the batch's order.
+		var entries []*audit.Entry
+		var kept []Signed
+		for _, d := range done {
+			if ok[[2]any{d.Claim.Request, d.Claim.Seq}] {
 				entries = append(entries, d.Entry)
+				kept = append(kept, d)
 			}
 		}
 		idx, err := s.appendAudit(ctx, tx, entries)
 		if err != nil {
 			return err
 		}
-		if len(idx) > 0 && idx[0] != size {
-			return fmt.Errorf("audit log head moved from %d to %d inside a transaction", size, idx[0])
+		irow := "(?" + cast("text") + ", ?" + cast("integer") + ", ?" + cast("bigint") + ")"
+		for i := 0; i < len(kept); i += 300 {
+			var q strings.Builder
+			var args []any
+			q.WriteString(`UPDATE items SET audit_index = v.column3 FROM (VALUES `)
+			for k, d := range kept[i:min(i+300, len(kept))] {
+				if k > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString(irow)
+				args = append(args, d.Claim.Request, d.Claim.Seq, idx[i+k])
+			}
+			q.WriteString(`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2`)
+			if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+				return err
+			}
 		}
-		stored = len(entries)
+		stored = len(kept)
 		return nil
 	})
 	if err != nil {
