@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"signet.dev/pe"
 )
 
 // Part is the content of a section to add to an image: Size bytes read
@@ -62,7 +64,7 @@ type image struct {
 func newImage(base *File, keep int) *image {
 	im := &image{base: base, timestamp: base.TimeDateStamp}
 	for _, s := range base.Sections[:keep] {
-		im.secs = append(im.secs, &outSection{Section: *s, src: io.NewSectionReader(base.r, int64(s.PointerToRawData), int64(s.SizeOfRawData)), srcLen: int64(s.SizeOfRawData)})
+		im.secs = append(im.secs, &outSection{Section: *s, src: io.NewSectionReader(base.ReaderAt(), int64(s.PointerToRawData), int64(s.SizeOfRawData)), srcLen: int64(s.SizeOfRawData)})
 	}
 	for _, s := range base.Sections[keep:] {
 		im.dropped += s.Size()
@@ -99,7 +101,7 @@ func (im *image) add(p Part) error {
 		}
 	}
 	im.secs = append(im.secs, &outSection{
-		Section: Section{Name: p.Name, VirtualSize: uint32(p.Size), VirtualAddress: uint32(va), SizeOfRawData: uint32(raw), Characteristics: ch},
+		Section: Section{SectionHeader: pe.SectionHeader{Name: p.Name, VirtualSize: uint32(p.Size), VirtualAddress: uint32(va), SizeOfRawData: uint32(raw), Characteristics: ch}},
 		src:     p.R, srcLen: p.Size, added: true,
 	})
 	return nil
@@ -140,7 +142,8 @@ func (im *image) WriteTo(w io.Writer) (int64, error) {
 	if b.Signed() {
 		return 0, errors.New("the base image carries an Authenticode signature; sections must be added before signing")
 	}
-	tableEnd := int64(b.sectionTableAt) + int64(len(im.secs))*sectionHeaderSize
+	tableAt := b.SectionTableOffset()
+	tableEnd := tableAt + int64(len(im.secs))*pe.SectionHeaderSize
 	headerSize := int64(b.SizeOfHeaders)
 	var shift int64
 	if tableEnd > headerSize {
@@ -192,37 +195,25 @@ func (im *image) WriteTo(w io.Writer) (int64, error) {
 	}
 
 	hdr := make([]byte, headerSize)
-	if _, err := b.r.ReadAt(hdr[:min(int64(b.SizeOfHeaders), headerSize, b.size)], 0); err != nil && err != io.EOF {
+	if _, err := b.ReaderAt().ReadAt(hdr[:min(int64(b.SizeOfHeaders), headerSize, b.Size())], 0); err != nil && err != io.EOF {
 		return 0, fmt.Errorf("reading base headers: %w", err)
 	}
 	le := binary.LittleEndian
-	pe := int(b.peOffset)
-	le.PutUint16(hdr[pe+6:], uint16(len(im.secs)))
-	le.PutUint32(hdr[pe+8:], im.timestamp)
-	le.PutUint32(hdr[pe+12:], 0) // PointerToSymbolTable
-	le.PutUint32(hdr[pe+16:], 0) // NumberOfSymbols
-	opt := hdr[pe+24:]
-	le.PutUint32(opt[8:], uint32(min(initData, 1<<32-1)))
-	le.PutUint32(opt[56:], uint32(alignUp(imageEnd, int64(b.SectionAlignment))))
-	le.PutUint32(opt[60:], uint32(headerSize))
-	le.PutUint32(opt[64:], 0)
+	fh := hdr[b.FileHeaderOffset():]
+	le.PutUint16(fh[pe.OffsetNumberOfSections:], uint16(len(im.secs)))
+	le.PutUint32(fh[pe.OffsetTimeDateStamp:], im.timestamp)
+	le.PutUint32(fh[pe.OffsetPointerToSymbolTable:], 0)
+	le.PutUint32(fh[pe.OffsetNumberOfSymbols:], 0)
+	opt := hdr[b.OptionalHeaderOffset():]
+	le.PutUint32(opt[pe.OffsetSizeOfInitializedData:], uint32(min(initData, 1<<32-1)))
+	le.PutUint32(opt[pe.OffsetSizeOfImage:], uint32(alignUp(imageEnd, int64(b.SectionAlignment))))
+	le.PutUint32(opt[pe.OffsetSizeOfHeaders:], uint32(headerSize))
+	le.PutUint32(opt[pe.OffsetCheckSum:], 0)
 	for i, s := range im.secs {
-		h := hdr[b.sectionTableAt+i*sectionHeaderSize:]
-		var name [8]byte
-		copy(name[:], s.Name)
-		copy(h, name[:])
-		le.PutUint32(h[8:], s.VirtualSize)
-		le.PutUint32(h[12:], s.VirtualAddress)
-		le.PutUint32(h[16:], s.SizeOfRawData)
-		le.PutUint32(h[20:], s.PointerToRawData)
-		le.PutUint32(h[24:], s.PointerToRelocations)
-		le.PutUint32(h[28:], s.PointerToLinenumbers)
-		le.PutUint16(h[32:], s.NumberOfRelocations)
-		le.PutUint16(h[34:], s.NumberOfLinenumbers)
-		le.PutUint32(h[36:], s.Characteristics)
+		s.Put(hdr[tableAt+int64(i)*pe.SectionHeaderSize:])
 	}
 	// Zero whatever of the old section table lies beyond the new one.
-	for i := b.sectionTableAt + len(im.secs)*sectionHeaderSize; i < b.sectionTableAt+int(b.NumberOfSections)*sectionHeaderSize && i < len(hdr); i++ {
+	for i := tableEnd; i < tableAt+int64(b.NumberOfSections)*pe.SectionHeaderSize && i < int64(len(hdr)); i++ {
 		hdr[i] = 0
 	}
 
