@@ -2,12 +2,12 @@ package authenticode
 
 import (
 	"crypto"
-	"encoding/binary"
 	"fmt"
 	"hash"
 	"io"
-	"math/bits"
 	"runtime/debug"
+
+	"signet.dev/pe"
 )
 
 // chunkSize is the read size for streaming; large enough that syscalls do
@@ -82,7 +82,7 @@ func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
 	if wantSum && !inline {
 		sepSum = make(chan result, 1)
 		go func() {
-			s, err := sumFile(f.r, f.size)
+			s, err := pe.SumRange(f.r, 0, f.size)
 			sepSum <- result{s, err}
 		}()
 	}
@@ -112,7 +112,7 @@ func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
 					return
 				}
 				if inline {
-					sum += wordSum(buf[:n], off)
+					sum += pe.WordSum(buf[:n], off)
 				}
 				full <- buf[:n]
 				off += n
@@ -136,7 +136,7 @@ func (f *File) scan(d hash.Hash, wantSum bool) (uint64, error) {
 		holes := append(f.ranges[:len(f.ranges):len(f.ranges)], [2]int64{f.size, f.size})
 		for _, rg := range holes {
 			if rg[0] > pos {
-				s, err := sumRange(f.r, pos, rg[0])
+				s, err := pe.SumRange(f.r, pos, rg[0])
 				if err != nil {
 					return 0, err
 				}
@@ -179,7 +179,7 @@ func (f *File) scanMapped(mapAt func(off, n int64) ([]byte, func(), error), d ha
 		if wantSum {
 			go func() {
 				var s uint64
-				err := guarded(func() { s = wordSum(data, off) })
+				err := guarded(func() { s = pe.WordSum(data, off) })
 				summed <- result{s, err}
 			}()
 		} else {
@@ -228,18 +228,8 @@ func guarded(fn func()) (err error) {
 }
 
 // Checksum computes the PE CheckSum of the image as it is (the optional
-// header's CheckSum field counts as zero): the 16-bit one's-complement sum
-// of the file's little-endian words, plus the file length. This is what the
-// Windows loader, sbsign and systemd-sbsign compute.
-func (f *File) Checksum() (uint32, error) {
-	s, err := sumFile(f.r, f.size)
-	if err != nil {
-		return 0, err
-	}
-	var old [4]byte
-	binary.LittleEndian.PutUint32(old[:], f.OptionalHeader.CheckSum)
-	return finishChecksum(subSum(s, wordSum(old[:], f.checksumOffset)), f.size), nil
-}
+// header's CheckSum field counts as zero); see pe.File.ComputeCheckSum.
+func (f *File) Checksum() (uint32, error) { return f.ComputeCheckSum() }
 
 // Checksum parses the PE image in r and returns its PE CheckSum (see
 // File.Checksum), e.g. for a tool that has just laid out an image.
@@ -249,80 +239,4 @@ func Checksum(r io.ReaderAt, size int64) (uint32, error) {
 		return 0, err
 	}
 	return f.Checksum()
-}
-
-// finishChecksum turns the sum of a file's 16-bit little-endian words,
-// modulo 0xffff (see wordSum), into the PE CheckSum of a file of the given
-// size: the one's-complement 16-bit sum plus the size. The file must not be
-// all zeros (a PE image starts with "MZ").
-func finishChecksum(sum uint64, size int64) uint32 {
-	// Folding word by word, as the loader does, ends in [1, 0xffff] once any
-	// word was non-zero: 0xffff where the sum is a multiple of 0xffff.
-	folded := uint32(sum % 0xffff)
-	if folded == 0 {
-		folded = 0xffff
-	}
-	return folded + uint32(size)
-}
-
-// wordSum returns the sum of the 16-bit little-endian words that b makes
-// up at file offset off, modulo 0xffff. Since 2^16 = 1 (mod 0xffff), a
-// 64-bit little-endian word is congruent to the sum of its four 16-bit
-// words, so the sum runs 8 bytes at a time.
-func wordSum(b []byte, off int64) uint64 {
-	var s, carries, c uint64
-	i := 0
-	if off&1 == 1 && len(b) > 0 {
-		s = uint64(b[0]) << 8 // the high byte of a word that starts before b
-		i = 1
-	}
-	for ; i+32 <= len(b); i += 32 {
-		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i:]), 0)
-		carries += c
-		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+8:]), 0)
-		carries += c
-		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+16:]), 0)
-		carries += c
-		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i+24:]), 0)
-		carries += c
-	}
-	for ; i+8 <= len(b); i += 8 {
-		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[i:]), 0)
-		carries += c
-	}
-	for ; i+2 <= len(b); i += 2 {
-		s, c = bits.Add64(s, uint64(binary.LittleEndian.Uint16(b[i:])), 0)
-		carries += c
-	}
-	if i < len(b) {
-		s, c = bits.Add64(s, uint64(b[i]), 0)
-		carries += c
-	}
-	// 2^64 = 1 (mod 0xffff): each carry counts 1.
-	return (s%0xffff + carries%0xffff) % 0xffff
-}
-
-// subSum returns a - b modulo 0xffff.
-func subSum(a, b uint64) uint64 {
-	return (a%0xffff + 0xffff - b%0xffff) % 0xffff
-}
-
-// sumFile returns the word sum (modulo 0xffff) of the first size bytes of r.
-func sumFile(r io.ReaderAt, size int64) (uint64, error) {
-	return sumRange(r, 0, size)
-}
-
-// sumRange returns the word sum (modulo 0xffff) of the bytes [start, end) of r.
-func sumRange(r io.ReaderAt, start, end int64) (uint64, error) {
-	buf := make([]byte, min(chunkSize, end-start))
-	var s uint64
-	for off := start; off < end; {
-		n := min(int64(len(buf)), end-off)
-		if err := readFull(r, buf[:n], off); err != nil {
-			return 0, err
-		}
-		s = (s + wordSum(buf[:n], off)) % 0xffff
-		off += n
-	}
-	return s, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"signet.dev/cms"
 	"signet.dev/keys"
+	"signet.dev/pe"
 )
 
 // Object identifiers of Authenticode (Microsoft's "Windows Authenticode
@@ -404,7 +405,7 @@ func (f *File) copyRaw(w io.Writer) error {
 
 // layout returns what signing appends to the file (padding to 8 bytes, then
 // the WIN_CERTIFICATE, then padding), the new certificate table entry and
-// the new CheckSum, given the word sum of the input (see wordSum).
+// the new CheckSum, given the word sum of the input (see pe.WordSum).
 //
 // As systemd-sbsign: dwLength = 8 + the DER length (unpadded), the entry's
 // Size grows by the padded length.
@@ -432,10 +433,10 @@ func (f *File) layout(inputSum uint64, p7 []byte) (tail, entry, checksum []byte)
 	binary.LittleEndian.PutUint32(oldEntry[0:], ct.VirtualAddress)
 	binary.LittleEndian.PutUint32(oldEntry[4:], ct.Size)
 	binary.LittleEndian.PutUint32(oldSum[:], f.OptionalHeader.CheckSum)
-	s := subSum(subSum(inputSum, wordSum(oldSum[:4], f.checksumOffset)), wordSum(oldEntry[:], f.certEntryOffset)) +
-		wordSum(entry, f.certEntryOffset) + wordSum(tail, f.size)
+	s := pe.SubWordSum(pe.SubWordSum(inputSum, pe.WordSum(oldSum[:4], f.checksumOffset)), pe.WordSum(oldEntry[:], f.certEntryOffset)) +
+		pe.WordSum(entry, f.certEntryOffset) + pe.WordSum(tail, f.size)
 	checksum = make([]byte, 4)
-	binary.LittleEndian.PutUint32(checksum, finishChecksum(s, f.size+int64(len(tail))))
+	binary.LittleEndian.PutUint32(checksum, pe.FinishCheckSum(s, f.size+int64(len(tail))))
 	return tail, entry, checksum
 }
 
