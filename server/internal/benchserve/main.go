@@ -36,6 +36,7 @@ import (
 	"signet.dev/request"
 	"signet.dev/server"
 	"signet.dev/server/client"
+	"signet.dev/server/internal/pgtest"
 )
 
 var (
@@ -46,7 +47,7 @@ var (
 	workers  = flag.Int("workers", 2*runtime.NumCPU(), "signing sessions (raw run and service)")
 	rawDur   = flag.Duration("raw", 2*time.Second, "length of each raw signing run")
 	rounds   = flag.Int("rounds", 3, "rounds of raw, API, raw")
-	store    = flag.String("store", "sqlite", "sqlite, or a postgres DSN")
+	store    = flag.String("store", "sqlite", "sqlite; postgres (a throwaway cluster on loopback); or a postgres DSN")
 	inproc   = flag.Bool("inprocess", false, "run the service in this process (for -cpuprofile) instead of signet serve")
 	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the API run here")
 )
@@ -92,7 +93,13 @@ func main() {
 	th := sha256.Sum256([]byte(tok))
 	port := freePort()
 	dsn, driver := filepath.Join(dir, "signet.db"), "sqlite"
-	if *store != "sqlite" {
+	switch *store {
+	case "sqlite":
+	case "postgres":
+		b := &benchTB{}
+		defer b.cleanup()
+		dsn, driver = pgtest.Start(b).NewDatabase(b), "postgres"
+	default:
 		dsn, driver = *store, "postgres"
 	}
 	cfg := fmt.Sprintf(`listen = "127.0.0.1:%d"
@@ -317,4 +324,18 @@ func freePort() int {
 	must(err)
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// benchTB lets the test helper that runs a throwaway PostgreSQL cluster
+// work in this program.
+type benchTB struct{ cleanups []func() }
+
+func (*benchTB) Helper()                      {}
+func (*benchTB) Fatal(args ...any)            { must(fmt.Errorf("%s", fmt.Sprint(args...))) }
+func (*benchTB) Fatalf(f string, args ...any) { must(fmt.Errorf(f, args...)) }
+func (b *benchTB) Cleanup(f func())           { b.cleanups = append(b.cleanups, f) }
+func (b *benchTB) cleanup() {
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		b.cleanups[i]()
+	}
 }

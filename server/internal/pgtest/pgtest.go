@@ -16,13 +16,19 @@ import (
 	"strconv"
 	"sync/atomic"
 	"syscall"
-	"testing"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
-
-	"signet.dev/internal/testenv"
 )
+
+// TB is what Start needs of a test: testing.TB has it, and so can a
+// benchmark program.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Cluster is a running PostgreSQL server.
 type Cluster struct {
@@ -30,16 +36,20 @@ type Cluster struct {
 	n    atomic.Int32
 }
 
-func binary(t testing.TB, name string) string {
+func binary(t TB, name string) string {
 	p := filepath.Join("/usr/lib/postgresql/15/bin", name)
 	if _, err := os.Stat(p); err == nil {
 		return p
 	}
-	return testenv.Tool(t, name)
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	t.Fatalf("PostgreSQL's %s is not installed: run scripts/install-deps (package postgresql)", name)
+	return ""
 }
 
 // FreePort returns a loopback TCP port nobody listens on now.
-func FreePort(t testing.TB) int {
+func FreePort(t TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +59,7 @@ func FreePort(t testing.TB) int {
 }
 
 // Start initialises and starts a cluster, stopped in t.Cleanup.
-func Start(t testing.TB) *Cluster {
+func Start(t TB) *Cluster {
 	t.Helper()
 	initdb, postgres := binary(t, "initdb"), binary(t, "postgres")
 	u, err := user.Lookup("nobody")
@@ -124,7 +134,7 @@ func (c *Cluster) DSN(name string) string {
 }
 
 // NewDatabase creates an empty database and returns its DSN.
-func (c *Cluster) NewDatabase(t testing.TB) string {
+func (c *Cluster) NewDatabase(t TB) string {
 	t.Helper()
 	name := fmt.Sprintf("signet_%d", c.n.Add(1))
 	db, err := sql.Open("pgx", c.DSN("postgres"))
