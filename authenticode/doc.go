@@ -3,7 +3,8 @@
 // systemd-sbsign and sbsign produce and what sbverify, osslsigncode and the
 // firmware accept.
 //
-// The image is read through an io.ReaderAt and never loaded whole:
+// The image is read through an io.ReaderAt and never loaded whole; package
+// pe reads and validates its headers:
 //
 //	f, err := authenticode.Parse(in, size)
 //	d, err := f.Digest(crypto.SHA256)     // the Authenticode hash

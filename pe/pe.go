@@ -11,6 +11,15 @@
 // file. Section data is read on demand through io.SectionReader. File also
 // reports the file offsets of the header fields writers patch in place.
 //
+//	f, err := pe.Parse(r, size)
+//	for i, s := range f.Sections {
+//		data := f.RawData(i) // an *io.SectionReader of s's raw data
+//	}
+//	off := f.CheckSumOffset() // where a writer patches CheckSum
+//
+// Errors name the structure and offsets that were bad and wrap one of the
+// error values below; every one of them matches ErrFormat.
+//
 // Unlike debug/pe, the package does not read symbol tables, string tables or
 // the contents of data directories; structures and fields carry the names of
 // the specification.
