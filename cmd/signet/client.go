@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/mod/sumdb/note"
 
 	"signet.dev/internal/atomicfile"
 	"signet.dev/request"
@@ -73,16 +74,25 @@ func requestID(arg string) (string, error) {
 	return strings.TrimPrefix(req.DigestString(), "sha256:"), nil
 }
 
-// auditKeyArg reads a note verifier key given inline or as a file.
+// auditKeyArg reads a note verifier key given inline or as a file. A
+// verifier key is "name+hash+base64", and base64 may hold '+' and '/', so
+// the test is whether it parses, not what characters it has.
 func auditKeyArg(v string) (string, error) {
-	if v == "" || strings.Count(v, "+") == 2 && !strings.ContainsAny(v, "/\n") {
+	if v == "" {
+		return v, nil
+	}
+	if _, err := note.NewVerifier(v); err == nil {
 		return v, nil
 	}
 	b, err := os.ReadFile(v)
 	if err != nil {
-		return "", fmt.Errorf("audit key: %w", err)
+		return "", fmt.Errorf("audit key: not a verifier key, nor a readable file: %w", err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	key := strings.TrimSpace(string(b))
+	if _, err := note.NewVerifier(key); err != nil {
+		return "", fmt.Errorf("audit key %s: %w", v, err)
+	}
+	return key, nil
 }
 
 // writeResult verifies res against req (and its audit proofs with vkey)
