@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"errors"
 	"fmt"
 	"os"
@@ -53,10 +54,9 @@ func newIPECheckCmd() *cobra.Command {
 
 func newIPESignCmd() *cobra.Command {
 	var (
-		kf             keyFlags
-		output         string
-		prepareOffline bool
-		signature      string
+		kf     keyFlags
+		off    offlineFlags
+		output string
 	)
 	cmd := &cobra.Command{
 		Use:   "sign POLICY --certificate=CERT --private-key=KEY --output=POLICY.p7b",
@@ -75,9 +75,9 @@ Offline: sign POLICY --certificate=CERT --prepare-offline-signing --output=TBS
 			switch {
 			case output == "":
 				return errors.New("--output= is required")
-			case prepareOffline && signature != "":
-				return errors.New("--prepare-offline-signing and --signature= exclude each other")
-			case (prepareOffline || signature != "") && kf.privateKey != "":
+			case off.check() != nil:
+				return off.check()
+			case !off.online() && kf.privateKey != "":
 				return errors.New("--private-key= is not used with --prepare-offline-signing or --signature=")
 			}
 			text, err := os.ReadFile(args[0])
@@ -92,38 +92,28 @@ Offline: sign POLICY --certificate=CERT --prepare-offline-signing --output=TBS
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			var out []byte
-			switch {
-			case prepareOffline:
-				return atomicfile.WriteFile(output, p.TBS, 0o644)
-			case signature != "":
-				raw, err := os.ReadFile(signature)
+			var signer crypto.Signer
+			if off.online() {
+				s, err := kf.signer()
 				if err != nil {
 					return err
 				}
-				if out, err = p.Join(raw); err != nil {
-					return fmt.Errorf("%s: %w", signature, err)
-				}
-			default:
-				signer, err := kf.signer()
-				if err != nil {
-					return err
-				}
-				defer signer.Close()
-				if err := keys.CheckPair(signer, cert); err != nil {
+				defer s.Close()
+				if err := keys.CheckPair(s, cert); err != nil {
 					return fmt.Errorf("%s and %s: %w", kf.privateKey, kf.certificate, err)
 				}
-				if out, err = p.Sign(signer); err != nil {
-					return err
-				}
+				signer = s
+			}
+			out, err := off.finish(p, p.TBS, output, signer)
+			if err != nil || out == nil {
+				return err
 			}
 			return atomicfile.WriteFile(output, out, 0o644)
 		},
 	}
 	kf.register(cmd.Flags())
 	cmd.Flags().StringVar(&output, "output", "", "signed policy to write")
-	cmd.Flags().BoolVar(&prepareOffline, "prepare-offline-signing", false, "write the bytes to sign (the policy text) to --output= instead")
-	cmd.Flags().StringVar(&signature, "signature", "", "raw signature of the policy, made elsewhere")
+	off.register(cmd.Flags(), "the policy text")
 	return cmd
 }
 

@@ -115,8 +115,8 @@ func newManifestSignCmd() *cobra.Command {
 	var (
 		kf                      pgpKeyFlags
 		format, output, sigTime string
-		armor, prepareOffline   bool
-		signature               string
+		armor                   bool
+		off                     offlineFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "sign SHA256SUMS --key=KEY --output=SHA256SUMS.gpg",
@@ -140,8 +140,8 @@ Prepare and join must see the same SOURCE_DATE_EPOCH (or --time=).`,
 			switch {
 			case output == "":
 				return errors.New("--output= is required")
-			case prepareOffline && signature != "":
-				return errors.New("--prepare-offline-signing and --signature= exclude each other")
+			case off.check() != nil:
+				return off.check()
 			case format != string(manifest.OpenPGP) && format != string(manifest.PKCS7):
 				return fmt.Errorf("--format=%s: use openpgp or pkcs7", format)
 			case armor && format != string(manifest.OpenPGP):
@@ -151,7 +151,7 @@ Prepare and join must see the same SOURCE_DATE_EPOCH (or --time=).`,
 			if err != nil {
 				return err
 			}
-			online := !prepareOffline && signature == ""
+			online := off.online()
 			var p *manifest.Prepared
 			var signer keys.Signer
 			if format == string(manifest.OpenPGP) {
@@ -186,22 +186,9 @@ Prepare and join must see the same SOURCE_DATE_EPOCH (or --time=).`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			var out []byte
-			switch {
-			case prepareOffline:
-				return atomicfile.WriteFile(output, p.TBS, 0o644)
-			case signature != "":
-				raw, err := os.ReadFile(signature)
-				if err != nil {
-					return err
-				}
-				if out, err = p.Join(raw); err != nil {
-					return fmt.Errorf("%s: %w", signature, err)
-				}
-			default:
-				if out, err = p.Sign(signer); err != nil {
-					return err
-				}
+			out, err := off.finish(p, p.TBS, output, signer)
+			if err != nil || out == nil {
+				return err
 			}
 			if armor {
 				out = openpgp.Armor(out, openpgp.ArmorSignature)
@@ -214,8 +201,7 @@ Prepare and join must see the same SOURCE_DATE_EPOCH (or --time=).`,
 	cmd.Flags().BoolVar(&armor, "armor", false, "ASCII-armored OpenPGP signature (.asc)")
 	cmd.Flags().StringVar(&output, "output", "", "signature file to write")
 	cmd.Flags().StringVar(&sigTime, "time", "", "OpenPGP signature time, RFC 3339 or Unix seconds (default: SOURCE_DATE_EPOCH, else now)")
-	cmd.Flags().BoolVar(&prepareOffline, "prepare-offline-signing", false, "write the bytes to sign to --output= instead")
-	cmd.Flags().StringVar(&signature, "signature", "", "raw signature of the prepared bytes, made elsewhere")
+	off.register(cmd.Flags(), "the manifest and the OpenPGP trailer, or the manifest for PKCS#7")
 	return cmd
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -124,8 +123,7 @@ func newOpenPGPExportKeyCmd() *cobra.Command {
 		kf             pgpKeyFlags
 		userID, output string
 		armor          bool
-		prepareOffline bool
-		signature      string
+		off            offlineFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "export-key --key=KEY --certificate=CERT --output=pubring.pgp",
@@ -147,10 +145,10 @@ Offline: export-key --certificate=CERT --prepare-offline-signing --output=TBS
 			if output == "" {
 				return errors.New("--output= is required")
 			}
-			if prepareOffline && signature != "" {
-				return errors.New("--prepare-offline-signing and --signature= exclude each other")
+			if err := off.check(); err != nil {
+				return err
 			}
-			online := !prepareOffline && signature == ""
+			online := off.online()
 			key, cert, signer, err := kf.key(online)
 			if err != nil {
 				return err
@@ -167,22 +165,9 @@ Offline: export-key --certificate=CERT --prepare-offline-signing --output=TBS
 			if err != nil {
 				return err
 			}
-			var out []byte
-			switch {
-			case prepareOffline:
-				return atomicfile.WriteFile(output, p.TBS, 0o644)
-			case signature != "":
-				raw, err := os.ReadFile(signature)
-				if err != nil {
-					return err
-				}
-				if out, err = p.Join(raw); err != nil {
-					return fmt.Errorf("%s: %w", signature, err)
-				}
-			default:
-				if out, err = p.Sign(signer); err != nil {
-					return err
-				}
+			out, err := off.finish(p, p.TBS, output, signer)
+			if err != nil || out == nil {
+				return err
 			}
 			if armor {
 				out = openpgp.Armor(out, openpgp.ArmorPublicKey)
@@ -198,8 +183,7 @@ Offline: export-key --certificate=CERT --prepare-offline-signing --output=TBS
 	cmd.Flags().StringVar(&userID, "user-id", "", `user ID, e.g. "Release Signing <release@example.org>" (default: the certificate's common name and e-mail)`)
 	cmd.Flags().BoolVar(&armor, "armor", false, "write ASCII armor")
 	cmd.Flags().StringVar(&output, "output", "", "output file")
-	cmd.Flags().BoolVar(&prepareOffline, "prepare-offline-signing", false, "write the bytes to sign to --output= instead")
-	cmd.Flags().StringVar(&signature, "signature", "", "raw signature of the prepared bytes, made elsewhere")
+	off.register(cmd.Flags(), "the key's self-signature data")
 	return cmd
 }
 
