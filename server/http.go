@@ -237,10 +237,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 	} else {
 		s.metrics.submissions.WithLabelValues("duplicate").Inc()
 	}
-	stored, err := s.store.Request(r.Context(), reqID)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "reading the request back failed", nil)
-		return
+	// A new request is exactly what was just stored: answer from it. A
+	// known one may have progressed: read it back.
+	stored := sr
+	if !created {
+		if stored, err = s.store.Request(r.Context(), reqID); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "reading the request back failed", nil)
+			return
+		}
 	}
 	w.Header().Set("Location", "/v1/requests/"+reqID)
 	writeJSON(w, code, s.statusOf(stored))
