@@ -183,17 +183,26 @@ keys = ["bench"]
 	// Rounds of (raw, API, raw): on a shared machine the load changes
 	// from second to second, so each API run is compared with the raw
 	// rate measured right around it, and the median round is reported.
-	var ratios, cpuRatios []float64
+	var ratios, cpuRatios, rawPers, srvPers, rawIdles, apiIdles []float64
 	var lat []time.Duration
 	var rates []float64
 	per := len(bodies) / *rounds
 	for r := range *rounds {
+		m0 := machineCPU()
 		before, rawCPU1 := rawRate(uri)
+		m1 := machineCPU()
 		srvCPU0, selfCPU0 := procCPU(serverPID), selfCPU()
 		rate, l := apiRun(c, bodies[r*per:(r+1)*per], reqs[r*per:(r+1)*per], vkey)
 		srvCPU, clientCPU := procCPU(serverPID)-srvCPU0, selfCPU()-selfCPU0
+		m2 := machineCPU()
 		after, rawCPU2 := rawRate(uri)
+		m3 := machineCPU()
 		raw := (before + after) / 2
+		// Idle CPU of the whole machine: what neither run used (nor the
+		// machine's other jobs).
+		rawIdle := idleShare(m0, m1, m2, m3)
+		apiIdle := idleShare(m1, m2)
+		rawIdles, apiIdles = append(rawIdles, rawIdle), append(apiIdles, apiIdle)
 		lat = append(lat, l...)
 		rates = append(rates, rate)
 		ratios = append(ratios, rate/raw)
@@ -206,7 +215,9 @@ keys = ["bench"]
 			fmt.Printf("         CPU per signature: raw %.2f ms, signet serve %.2f ms (%.0f%% of raw), load generator %.2f ms\n",
 				1000*rawPer, 1000*srvCPU/items, 100*srvCPU/items/rawPer, 1000*clientCPU/items)
 			cpuRatios = append(cpuRatios, rawPer/(srvCPU/items))
+			rawPers, srvPers = append(rawPers, rawPer), append(srvPers, srvCPU/items)
 		}
+		fmt.Printf("         machine idle: %.0f%% during the raw runs, %.0f%% during the API run\n", 100*rawIdle, 100*apiIdle)
 	}
 	if *cpuprof != "" {
 		pprof.StopCPUProfile()
@@ -219,10 +230,50 @@ keys = ["bench"]
 		driver, *clients, per**rounds, *batch, *rounds, rates[len(rates)/2], pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
 	fmt.Printf("raw PKCS#11: crypto11, SoftHSM2 RSA-2048, %d goroutines, in-process\n", *workers)
 	fmt.Printf("median ratio API / raw: %.0f%%\n", 100*ratios[len(ratios)/2])
+	fmt.Printf("median machine idle: %.0f%% during raw runs, %.0f%% during API runs\n", 100*median(rawIdles), 100*median(apiIdles))
 	if len(cpuRatios) > 0 {
+		fmt.Printf("median CPU per signature: raw %.2f ms, signet serve %.2f ms\n", 1000*median(rawPers), 1000*median(srvPers))
 		slices.Sort(cpuRatios)
 		fmt.Printf("median CPU-bound ratio (raw CPU per signature / signet serve CPU per item): %.0f%%\n", 100*cpuRatios[len(cpuRatios)/2])
 	}
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// machineCPU returns the machine's idle and total CPU ticks so far
+// (/proc/stat: idle and iowait count as idle).
+func machineCPU() [2]float64 {
+	b, err := os.ReadFile("/proc/stat")
+	must(err)
+	line, _, _ := strings.Cut(string(b), "\n")
+	var idle, total float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i < 8 { // user nice system idle iowait irq softirq steal; guest is inside user
+			total += v
+			if i == 3 || i == 4 {
+				idle += v
+			}
+		}
+	}
+	return [2]float64{idle, total}
+}
+
+// idleShare is the idle fraction over the intervals [m0,m1], [m2,m3], ...
+func idleShare(m ...[2]float64) float64 {
+	var idle, total float64
+	for i := 0; i+1 < len(m); i += 2 {
+		idle += m[i+1][0] - m[i][0]
+		total += m[i+1][1] - m[i][1]
+	}
+	if total == 0 {
+		return 0
+	}
+	return idle / total
 }
 
 // serverPID is the signet serve child, 0 when in-process.
