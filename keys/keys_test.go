@@ -145,6 +145,9 @@ func TestParsePKCS11URI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := u.ReadPIN(); err != nil {
+		t.Fatal(err)
+	}
 	if u.Token != "my token" || u.Object != "db" || u.ModulePath != "/m.so" || u.PIN != "4321" {
 		t.Fatalf("parsed %+v", u)
 	}

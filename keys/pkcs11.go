@@ -63,6 +63,9 @@ func openContext(u *PKCS11URI) (*crypto11.Context, string, error) {
 		c.refs++
 		return c.ctx, key, nil
 	}
+	if err := u.ReadPIN(); err != nil {
+		return nil, "", err
+	}
 	if u.PIN == "" {
 		return nil, "", fmt.Errorf("pkcs11: token %q: no PIN given (pin-value=, pin-source= or %s)", u.Token, EnvPKCS11PIN)
 	}

@@ -18,7 +18,8 @@ type PKCS11URI struct {
 	Type   string // "private", "cert", ... (informational)
 
 	ModulePath string // module-path query attribute
-	PIN        string // pin-value, or read from pin-source
+	PIN        string // pin-value, or SIGNET_PKCS11_PIN
+	PINSource  string // pin-source: a file to read the PIN from (ReadPIN)
 }
 
 // Environment variables that supply what a URI leaves out, so that PINs
@@ -29,9 +30,10 @@ const (
 )
 
 // ParsePKCS11URI parses a pkcs11: URI. Percent-encoding is decoded in every
-// attribute. pin-source=file:PATH (or a plain path) reads the PIN from a
-// file; SIGNET_PKCS11_MODULE and SIGNET_PKCS11_PIN fill in a missing
-// module-path and PIN.
+// attribute. SIGNET_PKCS11_MODULE and SIGNET_PKCS11_PIN fill in a missing
+// module-path and PIN. pin-source=file:PATH (or a plain path) is recorded,
+// not read: parsing does no I/O that could block (the source may be a FIFO);
+// ReadPIN reads it when the token is opened.
 func ParsePKCS11URI(s string) (*PKCS11URI, error) {
 	rest, ok := strings.CutPrefix(s, "pkcs11:")
 	if !ok {
@@ -73,7 +75,6 @@ func ParsePKCS11URI(s string) (*PKCS11URI, error) {
 			return nil, fmt.Errorf("pkcs11 URI: unknown attribute %q", k)
 		}
 	}
-	var pinSource string
 	if query != "" {
 		for _, attr := range strings.Split(query, "&") {
 			if attr == "" {
@@ -90,7 +91,7 @@ func ParsePKCS11URI(s string) (*PKCS11URI, error) {
 			case "pin-value":
 				u.PIN = val
 			case "pin-source":
-				pinSource = val
+				u.PINSource = strings.TrimPrefix(val, "file:")
 			case "module-name":
 				// Resolved through p11-kit by name; we need a path.
 				return nil, errors.New("pkcs11 URI: module-name is not supported, give module-path")
@@ -99,18 +100,10 @@ func ParsePKCS11URI(s string) (*PKCS11URI, error) {
 			}
 		}
 	}
-	if pinSource != "" && u.PIN == "" {
-		p := strings.TrimPrefix(pinSource, "file:")
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("pkcs11 URI: pin-source: %w", err)
-		}
-		u.PIN = strings.TrimRight(string(data), "\r\n")
-	}
 	if u.ModulePath == "" {
 		u.ModulePath = os.Getenv(EnvPKCS11Module)
 	}
-	if u.PIN == "" {
+	if u.PIN == "" && u.PINSource == "" {
 		u.PIN = os.Getenv(EnvPKCS11PIN)
 	}
 	if u.Token == "" && u.Serial == "" {
@@ -131,4 +124,17 @@ func ParsePKCS11URI(s string) (*PKCS11URI, error) {
 		}
 	}
 	return u, nil
+}
+
+// ReadPIN fills in PIN from PINSource when the URI gave no pin-value.
+func (u *PKCS11URI) ReadPIN() error {
+	if u.PIN != "" || u.PINSource == "" {
+		return nil
+	}
+	data, err := os.ReadFile(u.PINSource)
+	if err != nil {
+		return fmt.Errorf("pkcs11 URI: pin-source: %w", err)
+	}
+	u.PIN = strings.TrimRight(string(data), "\r\n")
+	return nil
 }
