@@ -74,6 +74,11 @@ func (sb *Superblock) UnmarshalBinary(b []byte) error {
 		alg = alg[:i]
 	}
 	sb.Algorithm = string(alg)
+	if sb.Algorithm == "" {
+		// Params would default an empty name to sha256; a superblock must
+		// say what it was made with.
+		return fmt.Errorf("%w: no hash algorithm name", ErrSuperblock)
+	}
 	sb.DataBlockSize = binary.LittleEndian.Uint32(b[64:])
 	sb.HashBlockSize = binary.LittleEndian.Uint32(b[68:])
 	sb.DataBlocks = binary.LittleEndian.Uint64(b[72:])
