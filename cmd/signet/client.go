@@ -170,10 +170,17 @@ func newSubmitCmd() *cobra.Command {
 }
 
 func newStatusCmd() *cobra.Command {
+	return newRequestStateCmd("status ID|REQUEST --server=URL", "Show the state of a submitted signing request",
+		func(ctx context.Context, c *client.Client, id string) (*api.Status, error) { return c.Status(ctx, id) })
+}
+
+// newRequestStateCmd makes a verb that acts on one submitted request (by id
+// or by the request file) and prints the request's state.
+func newRequestStateCmd(use, short string, act func(context.Context, *client.Client, string) (*api.Status, error)) *cobra.Command {
 	var sf serverFlags
 	cmd := &cobra.Command{
-		Use:   "status ID|REQUEST --server=URL",
-		Short: "Show the state of a submitted signing request",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := sf.client()
@@ -186,7 +193,7 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := c.Status(ctx, id)
+			st, err := act(ctx, c, id)
 			if err != nil {
 				return err
 			}
@@ -259,30 +266,6 @@ func newFetchCmd() *cobra.Command {
 }
 
 func newApproveCmd() *cobra.Command {
-	var sf serverFlags
-	cmd := &cobra.Command{
-		Use:   "approve ID|REQUEST --server=URL",
-		Short: "Approve a signing request that waits for approvers",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := sf.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
-			defer cancel()
-			id, err := requestID(args[0])
-			if err != nil {
-				return err
-			}
-			st, err := c.Approve(ctx, id)
-			if err != nil {
-				return err
-			}
-			cmd.OutOrStdout().Write(api.Marshal(st))
-			return nil
-		},
-	}
-	sf.register(cmd.Flags())
-	return cmd
+	return newRequestStateCmd("approve ID|REQUEST --server=URL", "Approve a signing request that waits for approvers",
+		func(ctx context.Context, c *client.Client, id string) (*api.Status, error) { return c.Approve(ctx, id) })
 }
