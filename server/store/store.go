@@ -616,38 +616,11 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 		size++
 	}
 	// Multi-row inserts: one round trip per table, not per entry.
-	const chunk = 200
-	for i := 0; i < len(idxs); i += chunk {
-		j := min(i+chunk, len(idxs))
-		var q strings.Builder
-		var args []any
-		q.WriteString(`INSERT INTO audit_entries (idx, data) VALUES `)
-		for k := i; k < j; k++ {
-			if k > i {
-				q.WriteString(", ")
-			}
-			q.WriteString("(?, ?)")
-			args = append(args, idxs[k], datas[k])
-		}
-		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
-			return nil, fmt.Errorf("audit entries: %w", err)
-		}
+	if err := s.insertPairs(ctx, tx, "audit_entries (idx, data)", len(idxs), func(k int) (any, any) { return idxs[k], datas[k] }); err != nil {
+		return nil, fmt.Errorf("audit entries: %w", err)
 	}
-	for i := 0; i < len(hashIdx); i += chunk {
-		j := min(i+chunk, len(hashIdx))
-		var q strings.Builder
-		var args []any
-		q.WriteString(`INSERT INTO audit_hashes (idx, hash) VALUES `)
-		for k := i; k < j; k++ {
-			if k > i {
-				q.WriteString(", ")
-			}
-			q.WriteString("(?, ?)")
-			args = append(args, hashIdx[k], hashes[k][:])
-		}
-		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
-			return nil, fmt.Errorf("audit hashes: %w", err)
-		}
+	if err := s.insertPairs(ctx, tx, "audit_hashes (idx, hash)", len(hashIdx), func(k int) (any, any) { return hashIdx[k], hashes[k][:] }); err != nil {
+		return nil, fmt.Errorf("audit hashes: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, s.q(`UPDATE audit_head SET size = ? WHERE id = 1`), size); err != nil {
 		return nil, fmt.Errorf("audit head: %w", err)
@@ -657,6 +630,30 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// insertPairs inserts n two-column rows into table ("name (col1, col2)"),
+// up to 200 rows per statement.
+func (s *Store) insertPairs(ctx context.Context, tx *sql.Tx, table string, n int, row func(k int) (any, any)) error {
+	const chunk = 200
+	for i := 0; i < n; i += chunk {
+		j := min(i+chunk, n)
+		var q strings.Builder
+		args := make([]any, 0, 2*(j-i))
+		q.WriteString("INSERT INTO " + table + " VALUES ")
+		for k := i; k < j; k++ {
+			if k > i {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?)")
+			a, b := row(k)
+			args = append(args, a, b)
+		}
+		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Store) readHashes(ctx context.Context, db querier, idx []int64) ([]tlog.Hash, error) {
