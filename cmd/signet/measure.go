@@ -322,6 +322,20 @@ func readArg(v string) ([]byte, string, error) {
 	return []byte(v), "the given JSON", nil
 }
 
+// readPCRSigArg reads and parses a .pcrsig JSON document given as
+// --pcrsig=JSON or --pcrsig=@FILE.
+func readPCRSigArg(v string) (*measure.PCRSig, error) {
+	data, src, err := readArg(v)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := measure.ParsePCRSig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", src, err)
+	}
+	return doc, nil
+}
+
 func newMeasureJoinCmd() *cobra.Command {
 	var (
 		pcrsig, sigDir, publicKey, certificate, output, jsonMode string
@@ -351,13 +365,9 @@ signature is verified against the public key before anything is written.`,
 					return fmt.Errorf("--json=%s: use short, pretty or python", jsonMode)
 				}
 			}
-			data, src, err := readArg(pcrsig)
+			doc, err := readPCRSigArg(pcrsig)
 			if err != nil {
 				return err
-			}
-			doc, err := measure.ParsePCRSig(data)
-			if err != nil {
-				return fmt.Errorf("%s: %w", src, err)
 			}
 			var pub crypto.PublicKey
 			switch {

@@ -321,13 +321,9 @@ sections produce, and its signature must verify with the UKI's .pcrpkey.`,
 			if pcrsig == "" || output == "" {
 				return errors.New("--pcrsig= and --output= are required")
 			}
-			data, src, err := readArg(pcrsig)
+			doc, err := readPCRSigArg(pcrsig)
 			if err != nil {
 				return err
-			}
-			doc, err := measure.ParsePCRSig(data)
-			if err != nil {
-				return fmt.Errorf("%s: %w", src, err)
 			}
 			var closers []*os.File
 			defer func() {
