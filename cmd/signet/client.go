@@ -95,9 +95,21 @@ func auditKeyArg(v string) (string, error) {
 	return key, nil
 }
 
-// writeResult verifies res against req (and its audit proofs with vkey)
-// and writes the response document, and the proofs if asked.
-func writeResult(req *request.Request, res *api.Result, vkey, output, proofs string) error {
+// resultFlags are the options of the verbs that write a service's
+// response: where to, and how to check its audit proofs.
+type resultFlags struct {
+	output, proofs, vkey string
+}
+
+func (r *resultFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&r.output, "output", "", "response file to write")
+	fs.StringVar(&r.proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
+	fs.StringVar(&r.vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
+}
+
+// write verifies res against req (and its audit proofs with vkey) and
+// writes the response document, and the proofs if asked.
+func (r *resultFlags) write(req *request.Request, res *api.Result, vkey string) error {
 	if err := client.VerifyResult(req, res, vkey); err != nil {
 		return fmt.Errorf("response from the service: %w", err)
 	}
@@ -105,18 +117,18 @@ func writeResult(req *request.Request, res *api.Result, vkey, output, proofs str
 	if err != nil {
 		return err
 	}
-	if proofs != "" {
-		if err := atomicfile.WriteFile(proofs, api.Marshal(&res.Audit), 0o644); err != nil {
+	if r.proofs != "" {
+		if err := atomicfile.WriteFile(r.proofs, api.Marshal(&res.Audit), 0o644); err != nil {
 			return err
 		}
 	}
-	return atomicfile.WriteFile(output, data, 0o644)
+	return atomicfile.WriteFile(r.output, data, 0o644)
 }
 
 func newSubmitCmd() *cobra.Command {
 	var sf serverFlags
 	var wait bool
-	var output, proofs, vkey string
+	var rf resultFlags
 	cmd := &cobra.Command{
 		Use:   "submit REQUEST --server=URL [--wait --output=RESPONSE]",
 		Short: "Submit a signing request to a signing service",
@@ -125,10 +137,10 @@ func newSubmitCmd() *cobra.Command {
 --audit-key, the audit log's proof of each), and write the response.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if wait && output == "" {
+			if wait && rf.output == "" {
 				return errors.New("--wait needs --output=")
 			}
-			vk, err := auditKeyArg(vkey)
+			vk, err := auditKeyArg(rf.vkey)
 			if err != nil {
 				return err
 			}
@@ -158,14 +170,12 @@ func newSubmitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return writeResult(req, res, vk, output, proofs)
+			return rf.write(req, res, vk)
 		},
 	}
 	sf.register(cmd.Flags())
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the signatures and write the response")
-	cmd.Flags().StringVar(&output, "output", "", "response file to write")
-	cmd.Flags().StringVar(&proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
-	cmd.Flags().StringVar(&vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
+	rf.register(cmd.Flags())
 	return cmd
 }
 
@@ -208,7 +218,8 @@ func newRequestStateCmd(use, short string, act func(context.Context, *client.Cli
 func newFetchCmd() *cobra.Command {
 	var sf serverFlags
 	var wait bool
-	var reqPath, output, proofs, vkey string
+	var reqPath string
+	var rf resultFlags
 	cmd := &cobra.Command{
 		Use:   "fetch ID|REQUEST --server=URL --request=REQUEST --output=RESPONSE",
 		Short: "Fetch, verify and write the response to a signed request",
@@ -219,10 +230,10 @@ func newFetchCmd() *cobra.Command {
 					reqPath = args[0]
 				}
 			}
-			if output == "" || reqPath == "" {
+			if rf.output == "" || reqPath == "" {
 				return errors.New("fetch needs the request (to verify against: as argument or --request=) and --output=")
 			}
-			vk, err := auditKeyArg(vkey)
+			vk, err := auditKeyArg(rf.vkey)
 			if err != nil {
 				return err
 			}
@@ -253,15 +264,13 @@ func newFetchCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return writeResult(req, res, vk, output, proofs)
+			return rf.write(req, res, vk)
 		},
 	}
 	sf.register(cmd.Flags())
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until it is signed")
 	cmd.Flags().StringVar(&reqPath, "request", "", "the request submitted (the response is verified against it)")
-	cmd.Flags().StringVar(&output, "output", "", "response file to write")
-	cmd.Flags().StringVar(&proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
-	cmd.Flags().StringVar(&vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
+	rf.register(cmd.Flags())
 	return cmd
 }
 
