@@ -35,6 +35,9 @@ type env struct {
 	fileKey *testkeys.Key
 	hsmKey  *testkeys.Key
 	gateKey *testkeys.Key
+	// beforeStart, when set, runs after New and before the pipeline
+	// starts (to swap a key's signer, say).
+	beforeStart func(*Server)
 }
 
 var (
@@ -116,13 +119,17 @@ func testConfig(t testing.TB, dir string) (*Config, map[string]string, string, [
 }
 
 func newEnv(t *testing.T, mutate func(*Config)) *env {
+	return newEnvHook(t, mutate, nil)
+}
+
+func newEnvHook(t *testing.T, mutate func(*Config), beforeStart func(*Server)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	cfg, tokens, vkey, ks := testConfig(t, dir)
 	if mutate != nil {
 		mutate(cfg)
 	}
-	e := &env{t: t, dir: dir, cfg: cfg, tokens: tokens, vkey: vkey, fileKey: ks[0], hsmKey: ks[1], gateKey: ks[2]}
+	e := &env{t: t, dir: dir, cfg: cfg, tokens: tokens, vkey: vkey, fileKey: ks[0], hsmKey: ks[1], gateKey: ks[2], beforeStart: beforeStart}
 	e.start()
 	return e
 }
@@ -137,6 +144,9 @@ func (e *env) start() {
 	s, err := New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.beforeStart != nil {
+		e.beforeStart(s)
 	}
 	hs := httptest.NewServer(s.Handler())
 	s.Start()

@@ -3,18 +3,23 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"signet.dev/internal/testenv"
+	"signet.dev/internal/testkeys"
+	"signet.dev/keys"
 	"signet.dev/request"
 	"signet.dev/server/api"
 	"signet.dev/server/audit"
@@ -502,5 +507,83 @@ func TestStopFinishesInFlight(t *testing.T) {
 	m.ReadFrom(resp.Body)
 	if want := fmt.Sprintf("signet_items_signed_total{key=\"hsm\"} %d\n", signed); !strings.Contains(m.String(), want) {
 		t.Fatalf("metrics lack %q", want)
+	}
+}
+
+// faultyToken answers with another key's signatures until fixed.
+type faultyToken struct {
+	keys.Signer
+	other crypto.Signer
+	fixed atomic.Bool
+}
+
+func (f *faultyToken) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if f.fixed.Load() {
+		return f.Signer.Sign(r, digest, opts)
+	}
+	return f.other.Sign(r, digest, opts)
+}
+
+// A token that returns signatures its certificate does not verify gets
+// nothing stored: no signature, no audit entry, an error counted; once it
+// signs correctly again the items are signed after their lease.
+func TestFaultySignatureNotStored(t *testing.T) {
+	var ft *faultyToken
+	e := newEnvHook(t, func(c *Config) { c.Lease.Duration = 300 * time.Millisecond }, func(s *Server) {
+		k := s.keys["verity"]
+		// Another RSA key (the test key cache holds one per kind).
+		ft = &faultyToken{Signer: k.signer, other: testkeys.Generate(t, testkeys.RSA4096).Signer}
+		k.signer = ft
+	})
+	c := e.client("ci")
+	req, body := newRequest(t, 3, "verity")
+	st, err := c.Submit(ctxT(t), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := func() string {
+		resp, err := http.Get(e.http.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m bytes.Buffer
+		m.ReadFrom(resp.Body)
+		for _, l := range strings.Split(m.String(), "\n") {
+			if strings.HasPrefix(l, `signet_sign_errors_total{key="verity"}`) {
+				return strings.Fields(l)[1]
+			}
+		}
+		return "0"
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for counted() == "0" {
+		if time.Now().After(deadline) {
+			t.Fatal("no sign error counted for a faulty token")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s, err := c.Status(ctxT(t), st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range s.Items {
+		if it.State != api.StatePending {
+			t.Fatalf("item %s is %s after a faulty signature", it.ID, it.State)
+		}
+	}
+	_, _, log := exportLog(t, c, e.vkey)
+	for _, en := range entriesOf(t, log) {
+		if en.Type == audit.TypeSign {
+			t.Fatalf("audit log records a faulty signature: %+v", en)
+		}
+	}
+	ft.fixed.Store(true)
+	res, err := c.Wait(ctxT(t), st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.VerifyResult(req, res, e.vkey); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -78,6 +78,8 @@ type Store struct {
 
 	hmu    sync.Mutex
 	hcache map[int64]tlog.Hash // committed stored hashes
+
+	wst, rst map[stmtKey]*sql.Stmt // prepared statements: writer, read pool
 }
 
 // Open opens (creating the schema if needed) a store. driver is "sqlite"
@@ -120,11 +122,16 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return &s, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.closeStmts()
 	if s.rdb != nil && s.rdb != s.db {
 		s.rdb.Close()
 	}
@@ -215,8 +222,7 @@ func (s *Store) q(query string) string {
 // changes nothing and returns created=false (submission is idempotent).
 func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created bool, err error) {
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO requests (id, client, body, created) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`),
-			r.ID, r.Client, r.Body, r.Created.UnixNano())
+		res, err := s.txStmt(ctx, tx, qInsertRequest, 0).ExecContext(ctx, r.ID, r.Client, r.Body, r.Created.UnixNano())
 		if err != nil {
 			return err
 		}
@@ -224,21 +230,17 @@ func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created
 			return nil
 		}
 		created = true
-		// Multi-row inserts: a round trip per 100 items, not per item.
-		for i := 0; i < len(r.Items); i += 100 {
-			var q strings.Builder
-			var args []any
-			q.WriteString(`INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES `)
-			for k, it := range r.Items[i:min(i+100, len(r.Items))] {
-				if k > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		// Multi-row inserts: a few statements per request, not one per item.
+		err = chunks(len(r.Items), func(lo, hi int) error {
+			args := make([]any, 0, 10*(hi-lo))
+			for _, it := range r.Items[lo:hi] {
 				args = append(args, r.ID, it.Seq, r.Client, it.ID, it.Key, it.Kind, it.Hash, it.TBS, it.State, r.Created.UnixNano())
 			}
-			if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
-				return err
-			}
+			_, err := s.txStmt(ctx, tx, qInsertItems, hi-lo).ExecContext(ctx, args...)
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		_, err = s.appendAudit(ctx, tx, []*audit.Entry{e})
 		return err
@@ -265,7 +267,7 @@ func (s *Store) Audit(ctx context.Context, entries ...*audit.Entry) error {
 func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 	r := &Request{ID: id}
 	var created int64
-	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT client, body, created FROM requests WHERE id = ?`), id).Scan(&r.Client, &r.Body, &created)
+	err := s.readStmt(qRequest, 0).QueryRowContext(ctx, id).Scan(&r.Client, &r.Body, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -273,7 +275,7 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
 	r.Created = time.Unix(0, created).UTC()
-	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`), id)
+	rows, err := s.readStmt(qRequestItems, 0).QueryContext(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -294,7 +296,7 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
 	rows.Close()
-	ar, err := s.rdb.QueryContext(ctx, s.q(`SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+	ar, err := s.readStmt(qApprovers, 0).QueryContext(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -380,18 +382,9 @@ type Claim struct {
 func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, max int) ([]Claim, error) {
 	now := time.Now()
 	until := now.Add(lease).UnixNano()
-	lock := ""
-	if s.postgres {
-		lock = " FOR UPDATE SKIP LOCKED"
-	}
 	var out []Claim
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, s.q(`UPDATE items SET lease_owner = ?, lease_until = ?
-			WHERE (request_id, seq) IN (SELECT request_id, seq FROM items
-				WHERE state = ? AND (lease_until IS NULL OR lease_until < ?)
-				ORDER BY created, request_id, seq LIMIT ?`+lock+`)
-			RETURNING request_id, seq, client, item_id, key_name, kind, hash, tbs`),
-			owner, until, StatePending, now.UnixNano(), max)
+		rows, err := s.txStmt(ctx, tx, qClaim, 0).QueryContext(ctx, owner, until, StatePending, now.UnixNano(), max)
 		if err != nil {
 			return err
 		}
@@ -425,75 +418,36 @@ type Signed struct {
 // already signed elsewhere) are dropped. It returns how many were stored.
 func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err error) {
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		stored = 0
-		// One statement per chunk of items, not one per item: the store is
-		// on the signing path of every item.
-		ok := map[[2]any]bool{}
-		cast := func(t string) string { return "" }
-		if s.postgres {
-			cast = func(t string) string { return "::" + t }
+		size, err := s.lockHead(ctx, tx)
+		if err != nil {
+			return err
 		}
-		row := "(?" + cast("text") + ", ?" + cast("integer") + ", ?" + cast("bytea") + ", ?" + cast("text") + ", ?" + cast("bigint") + ")"
-		for i := 0; i < len(done); i += 200 {
-			var q strings.Builder
-			args := []any{StateSigned}
-			q.WriteString(`UPDATE items SET state = ?, signature = v.column3, lease_owner = NULL, lease_until = NULL FROM (VALUES `)
-			for k, d := range done[i:min(i+200, len(done))] {
-				if k > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString(row)
-				args = append(args, d.Claim.Request, d.Claim.Seq, d.Signature, d.Claim.Owner, d.Claim.Until)
-			}
-			q.WriteString(`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2 AND items.state = ?
-				AND items.lease_owner = v.column4 AND items.lease_until = v.column5 RETURNING items.request_id, items.seq`)
-			args = append(args, StatePending)
-			rows, err := tx.QueryContext(ctx, s.q(q.String()), args...)
-			if err != nil {
-				return err
-			}
-			for rows.Next() {
-				var r string
-				var seq int
-				if err := rows.Scan(&r, &seq); err != nil {
-					rows.Close()
-					return err
-				}
-				ok[[2]any{r, seq}] = true
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return err
-			}
+		// Each item is stored with the audit index its sign entry will
+		// have if every item is still ours: then one statement per chunk
+		// does it all (the usual case). Items re-claimed elsewhere after a
+		// lease expiry are left out, and the others renumbered.
+		idx := make([]int64, len(done))
+		for i := range done {
+			idx[i] = size + int64(i)
 		}
-		// Only items still pending and leased to their claim were updated:
-		// their entries go into the log, in the batch's order.
+		ok, err := s.storeSigned(ctx, tx, done, idx)
+		if err != nil {
+			return err
+		}
 		var entries []*audit.Entry
 		var kept []Signed
 		for _, d := range done {
-			if ok[[2]any{d.Claim.Request, d.Claim.Seq}] {
+			if ok[itemKey{d.Claim.Request, d.Claim.Seq}] {
 				entries = append(entries, d.Entry)
 				kept = append(kept, d)
 			}
 		}
-		idx, err := s.appendAudit(ctx, tx, entries)
+		got, err := s.appendAuditAt(ctx, tx, size, entries)
 		if err != nil {
 			return err
 		}
-		irow := "(?" + cast("text") + ", ?" + cast("integer") + ", ?" + cast("bigint") + ")"
-		for i := 0; i < len(kept); i += 300 {
-			var q strings.Builder
-			var args []any
-			q.WriteString(`UPDATE items SET audit_index = v.column3 FROM (VALUES `)
-			for k, d := range kept[i:min(i+300, len(kept))] {
-				if k > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString(irow)
-				args = append(args, d.Claim.Request, d.Claim.Seq, idx[i+k])
-			}
-			q.WriteString(`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2`)
-			if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
+		if len(kept) != len(done) {
+			if err := s.setAuditIndex(ctx, tx, kept, got); err != nil {
 				return err
 			}
 		}
@@ -506,10 +460,56 @@ func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err er
 	return stored, nil
 }
 
+type itemKey struct {
+	request string
+	seq     int
+}
+
+// storeSigned sets done's signatures and audit indexes, for the items
+// still pending and leased to their claim's owner, and returns which
+// those were.
+func (s *Store) storeSigned(ctx context.Context, tx *sql.Tx, done []Signed, idx []int64) (map[itemKey]bool, error) {
+	ok := map[itemKey]bool{}
+	err := chunks(len(done), func(lo, hi int) error {
+		args := make([]any, 0, 2+6*(hi-lo))
+		args = append(args, StateSigned)
+		for i, d := range done[lo:hi] {
+			args = append(args, d.Claim.Request, d.Claim.Seq, d.Signature, d.Claim.Owner, d.Claim.Until, idx[lo+i])
+		}
+		args = append(args, StatePending)
+		rows, err := s.txStmt(ctx, tx, qStoreSigned, hi-lo).QueryContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k itemKey
+			if err := rows.Scan(&k.request, &k.seq); err != nil {
+				return err
+			}
+			ok[k] = true
+		}
+		return rows.Err()
+	})
+	return ok, err
+}
+
+// setAuditIndex records the audit index of each item of kept.
+func (s *Store) setAuditIndex(ctx context.Context, tx *sql.Tx, kept []Signed, idx []int64) error {
+	return chunks(len(kept), func(lo, hi int) error {
+		args := make([]any, 0, 3*(hi-lo))
+		for i, d := range kept[lo:hi] {
+			args = append(args, d.Claim.Request, d.Claim.Seq, idx[lo+i])
+		}
+		_, err := s.txStmt(ctx, tx, qSetAuditIndex, hi-lo).ExecContext(ctx, args...)
+		return err
+	})
+}
+
 // Pending counts items waiting to be signed (for metrics).
 func (s *Store) Pending(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE state = ?`), StatePending).Scan(&n)
+	err := s.readStmt(qPending, 0).QueryRowContext(ctx, StatePending).Scan(&n)
 	return n, err
 }
 
@@ -517,7 +517,7 @@ func (s *Store) Pending(ctx context.Context) (int64, error) {
 // waiting fetch asks.
 func (s *Store) Unsigned(ctx context.Context, id string) (int64, error) {
 	var n int64
-	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> ?`), id, StateSigned).Scan(&n)
+	err := s.readStmt(qUnsigned, 0).QueryRowContext(ctx, id, StateSigned).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -545,12 +545,8 @@ func TBSHash(b []byte) string {
 // lockHead returns the audit log's size, locking its head row until tx
 // ends (PostgreSQL; SQLite has one writer).
 func (s *Store) lockHead(ctx context.Context, tx *sql.Tx) (int64, error) {
-	lock := ""
-	if s.postgres {
-		lock = " FOR UPDATE"
-	}
 	var size int64
-	if err := tx.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`+lock).Scan(&size); err != nil {
+	if err := s.txStmt(ctx, tx, qLockHead, 0).QueryRowContext(ctx).Scan(&size); err != nil {
 		return 0, fmt.Errorf("audit head: %w", err)
 	}
 	return size, nil
@@ -566,6 +562,15 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 	size, err := s.lockHead(ctx, tx)
 	if err != nil {
 		return nil, err
+	}
+	return s.appendAuditAt(ctx, tx, size, entries)
+}
+
+// appendAuditAt is appendAudit for a caller holding the head (lockHead
+// returned size).
+func (s *Store) appendAuditAt(ctx context.Context, tx *sql.Tx, size int64, entries []*audit.Entry) ([]int64, error) {
+	if len(entries) == 0 {
+		return nil, nil
 	}
 	fresh := map[int64]tlog.Hash{} // hashes written by this append
 	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
@@ -616,78 +621,64 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 		size++
 	}
 	// Multi-row inserts: one round trip per table, not per entry.
-	if err := s.insertPairs(ctx, tx, "audit_entries (idx, data)", len(idxs), func(k int) (any, any) { return idxs[k], datas[k] }); err != nil {
+	if err := s.insertPairs(ctx, tx, qInsertEntries, len(idxs), func(k int) (any, any) { return idxs[k], datas[k] }); err != nil {
 		return nil, fmt.Errorf("audit entries: %w", err)
 	}
-	if err := s.insertPairs(ctx, tx, "audit_hashes (idx, hash)", len(hashIdx), func(k int) (any, any) { return hashIdx[k], hashes[k][:] }); err != nil {
+	if err := s.insertPairs(ctx, tx, qInsertHashes, len(hashIdx), func(k int) (any, any) { return hashIdx[k], hashes[k][:] }); err != nil {
 		return nil, fmt.Errorf("audit hashes: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, s.q(`UPDATE audit_head SET size = ? WHERE id = 1`), size); err != nil {
+	if _, err := s.txStmt(ctx, tx, qSetHead, 0).ExecContext(ctx, size); err != nil {
 		return nil, fmt.Errorf("audit head: %w", err)
 	}
 	return idxs, nil
 }
 
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-}
-
-// insertPairs inserts n two-column rows into table ("name (col1, col2)"),
-// up to 200 rows per statement.
-func (s *Store) insertPairs(ctx context.Context, tx *sql.Tx, table string, n int, row func(k int) (any, any)) error {
-	const chunk = 200
-	for i := 0; i < n; i += chunk {
-		j := min(i+chunk, n)
-		var q strings.Builder
-		args := make([]any, 0, 2*(j-i))
-		q.WriteString("INSERT INTO " + table + " VALUES ")
-		for k := i; k < j; k++ {
-			if k > i {
-				q.WriteString(", ")
-			}
-			q.WriteString("(?, ?)")
+// insertPairs inserts n two-column rows with statement q.
+func (s *Store) insertPairs(ctx context.Context, tx *sql.Tx, q query, n int, row func(k int) (any, any)) error {
+	return chunks(n, func(lo, hi int) error {
+		args := make([]any, 0, 2*(hi-lo))
+		for k := lo; k < hi; k++ {
 			a, b := row(k)
 			args = append(args, a, b)
 		}
-		if _, err := tx.ExecContext(ctx, s.q(q.String()), args...); err != nil {
-			return err
-		}
-	}
-	return nil
+		_, err := s.txStmt(ctx, tx, q, hi-lo).ExecContext(ctx, args...)
+		return err
+	})
 }
 
-func (s *Store) readHashes(ctx context.Context, db querier, idx []int64) ([]tlog.Hash, error) {
-	var q strings.Builder
-	q.WriteString(`SELECT idx, hash FROM audit_hashes WHERE idx IN (`)
-	args := make([]any, len(idx))
-	for i, x := range idx {
-		if i > 0 {
-			q.WriteString(", ")
+// readHashes reads stored hashes idx, in tx or (tx nil) from the read pool.
+func (s *Store) readHashes(ctx context.Context, tx *sql.Tx, idx []int64) ([]tlog.Hash, error) {
+	got := make(map[int64]tlog.Hash, len(idx))
+	err := chunks(len(idx), func(lo, hi int) error {
+		args := make([]any, hi-lo)
+		for i, x := range idx[lo:hi] {
+			args[i] = x
 		}
-		q.WriteString("?")
-		args[i] = x
-	}
-	q.WriteString(")")
-	rows, err := db.QueryContext(ctx, s.q(q.String()), args...)
+		st := s.readStmt(qReadHashes, hi-lo)
+		if tx != nil {
+			st = s.txStmt(ctx, tx, qReadHashes, hi-lo)
+		}
+		rows, err := st.QueryContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var x int64
+			var b []byte
+			if err := rows.Scan(&x, &b); err != nil {
+				return err
+			}
+			if len(b) != tlog.HashSize {
+				return fmt.Errorf("audit hash %d: %d bytes", x, len(b))
+			}
+			var h tlog.Hash
+			copy(h[:], b)
+			got[x] = h
+		}
+		return rows.Err()
+	})
 	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	got := map[int64]tlog.Hash{}
-	for rows.Next() {
-		var x int64
-		var b []byte
-		if err := rows.Scan(&x, &b); err != nil {
-			return nil, err
-		}
-		if len(b) != tlog.HashSize {
-			return nil, fmt.Errorf("audit hash %d: %d bytes", x, len(b))
-		}
-		var h tlog.Hash
-		copy(h[:], b)
-		got[x] = h
-	}
-	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	out := make([]tlog.Hash, len(idx))
@@ -704,7 +695,7 @@ func (s *Store) readHashes(ctx context.Context, db querier, idx []int64) ([]tlog
 // Tree returns the audit log's current size and root hash.
 func (s *Store) Tree(ctx context.Context) (int64, tlog.Hash, error) {
 	var size int64
-	if err := s.rdb.QueryRowContext(ctx, `SELECT size FROM audit_head WHERE id = 1`).Scan(&size); err != nil {
+	if err := s.readStmt(qTreeSize, 0).QueryRowContext(ctx).Scan(&size); err != nil {
 		return 0, tlog.Hash{}, fmt.Errorf("store: audit head: %w", err)
 	}
 	h, err := tlog.TreeHash(size, s.hashReader(ctx))
@@ -739,7 +730,7 @@ func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 		if len(miss) == 0 {
 			return out, nil
 		}
-		got, err := s.readHashes(ctx, s.rdb, miss)
+		got, err := s.readHashes(ctx, nil, miss)
 		if err != nil {
 			return nil, err
 		}
@@ -816,7 +807,7 @@ func (s *Store) Prove(ctx context.Context, t int64, ns ...int64) ([]tlog.RecordP
 
 // Entries returns the log entries with indexes in [start, end), in order.
 func (s *Store) Entries(ctx context.Context, start, end int64) ([][]byte, error) {
-	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT idx, data FROM audit_entries WHERE idx >= ? AND idx < ? ORDER BY idx`), start, end)
+	rows, err := s.readStmt(qEntries, 0).QueryContext(ctx, start, end)
 	if err != nil {
 		return nil, fmt.Errorf("store: audit entries: %w", err)
 	}

@@ -122,6 +122,18 @@ func testLifecycle(t *testing.T, s *Store) {
 	if n, err := s.Complete(ctx, signAll(dead)); err != nil || n != 0 {
 		t.Fatalf("expired claim stored %d signatures (%v)", n, err)
 	}
+	// A batch mixing stale claims with live ones stores the live ones,
+	// each with the index of its own sign entry.
+	submit(t, s, "ab", 2, StatePending)
+	fresh, err := s.Claim(ctx, "dead", time.Minute, 10)
+	if err != nil || len(fresh) != 2 {
+		t.Fatalf("claim: %d %v", len(fresh), err)
+	}
+	mixed := signAll([]Claim{dead[0], fresh[0], dead[1], dead[2], fresh[1]})
+	if n, err := s.Complete(ctx, mixed); err != nil || n != 2 {
+		t.Fatalf("mixed batch stored %d signatures (%v), want 2", n, err)
+	}
+	checkIndexes(t, s, "ab")
 	if n, err := s.Complete(ctx, signAll(live)); err != nil || n != 3 {
 		t.Fatalf("stored %d signatures (%v), want 3", n, err)
 	}
@@ -137,6 +149,7 @@ func testLifecycle(t *testing.T, s *Store) {
 			t.Fatalf("item %+v", it)
 		}
 	}
+	checkIndexes(t, s, id)
 	// Approvals release items in the same transaction.
 	submit(t, s, "bb", 2, StateApproval)
 	if c, _ := s.Claim(ctx, "w", time.Minute, 10); len(c) != 0 {
@@ -160,8 +173,8 @@ func testLifecycle(t *testing.T, s *Store) {
 		t.Fatalf("unknown request: %v", err)
 	}
 	rep := checkLog(t, s)
-	// 2 submits, 3 signs, 2 approvals (alice twice is once).
-	if rep.Entries != 7 || rep.Types[audit.TypeApprove] != 2 {
+	// 3 submits, 5 signs, 2 approvals (alice twice is once).
+	if rep.Entries != 10 || rep.Types[audit.TypeSign] != 5 || rep.Types[audit.TypeApprove] != 2 {
 		t.Fatalf("log %+v", rep)
 	}
 }
@@ -212,5 +225,29 @@ func testConcurrentClaims(t *testing.T, s *Store, pg bool) {
 	}
 	if rep := checkLog(t, s); rep.Signed != 200 {
 		t.Fatalf("%d signed in the log", rep.Signed)
+	}
+}
+
+// checkIndexes checks that each signed item of request id records the
+// index of its own sign entry.
+func checkIndexes(t *testing.T, s *Store, id string) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := s.Request(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range r.Items {
+		ents, err := s.Entries(ctx, it.AuditIndex, it.AuditIndex+1)
+		if err != nil || len(ents) != 1 {
+			t.Fatalf("entry %d: %v", it.AuditIndex, err)
+		}
+		e, err := audit.ParseEntry(ents[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != audit.TypeSign || e.Request != id || e.Item != it.ID || e.Index != it.AuditIndex {
+			t.Fatalf("item %s/%s: audit index %d holds %+v", id, it.ID, it.AuditIndex, e)
+		}
 	}
 }
