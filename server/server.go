@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"signet.dev/keys"
@@ -78,6 +79,9 @@ type key struct {
 	cert   *x509.Certificate
 	chain  []*x509.Certificate
 	sem    chan struct{}
+	// signTime observes signing times (the key's series of
+	// signet_sign_seconds, looked up once).
+	signTime prometheus.Observer
 }
 
 type identity struct {

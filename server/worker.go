@@ -36,8 +36,9 @@ func (s *Server) pipeline() {
 	results := make(chan *store.Signed, s.cfg.Batch)
 	go s.claimer(work)
 	signers := 0
-	for _, k := range s.keys {
+	for name, k := range s.keys {
 		signers += cap(k.sem)
+		k.signTime = s.metrics.signSeconds.WithLabelValues(name)
 	}
 	var wg sync.WaitGroup
 	for range max(signers, 1) {
@@ -115,7 +116,7 @@ func (s *Server) sign(c store.Claim) *store.Signed {
 	t0 := time.Now()
 	sig, err := keys.Sign(k.signer, h, c.TBS)
 	<-k.sem
-	s.metrics.signSeconds.WithLabelValues(c.Key).Observe(time.Since(t0).Seconds())
+	k.signTime.Observe(time.Since(t0).Seconds())
 	if err != nil {
 		s.metrics.signErrors.WithLabelValues(c.Key).Inc()
 		s.log.Error("signing", "request", c.Request, "item", c.ID, "key", c.Key, "err", err)

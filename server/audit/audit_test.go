@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -126,4 +127,41 @@ func FuzzVerifyLog(f *testing.F) {
 			t.Fatalf("a different log verified")
 		}
 	})
+}
+
+// Proof's own encoding is byte for byte what encoding/json makes of its
+// fields (HTML-escaped entry, base64 hashes, null for no proof), alone and
+// inside other documents, indented or not.
+func TestProofJSON(t *testing.T) {
+	type plain Proof // the same fields without the MarshalJSON method
+	var h tlog.Hash
+	for i := range h {
+		h[i] = byte(i * 7)
+	}
+	for _, p := range []Proof{
+		{Index: 0, Entry: "", Proof: nil},
+		{Index: 1, Entry: `{"type":"sign","item":"a<b>&c"}`, Proof: []tlog.Hash{}},
+		{Index: 1<<40 + 3, Entry: "é\u2028\x01\"\\", Proof: []tlog.Hash{h, {}, h}},
+	} {
+		want, err := json.Marshal(plain(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := json.Marshal(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("proof %d:\n got %s\nwant %s", p.Index, got, want)
+		}
+		wantI, _ := json.MarshalIndent(map[string]any{"p": plain(p)}, "", "  ")
+		gotI, _ := json.MarshalIndent(map[string]any{"p": &p}, "", "  ")
+		if !bytes.Equal(gotI, wantI) {
+			t.Errorf("indented proof %d:\n got %s\nwant %s", p.Index, gotI, wantI)
+		}
+		var back Proof
+		if err := json.Unmarshal(got, &back); err != nil || back.Index != p.Index || back.Entry != p.Entry || len(back.Proof) != len(p.Proof) {
+			t.Errorf("proof %d does not decode back: %v %+v", p.Index, err, back)
+		}
+	}
 }

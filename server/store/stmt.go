@@ -111,7 +111,7 @@ func (s *Store) text(q query, rows int) string {
 	case qReadHashes:
 		t = `SELECT idx, hash FROM audit_hashes WHERE idx IN (` + values("?") + `)`
 	case qRequest:
-		t = `SELECT client, body, created FROM requests WHERE id = ?`
+		t = `SELECT client, created FROM requests WHERE id = ?`
 	case qRequestItems:
 		t = `SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`
 	case qApprovers:

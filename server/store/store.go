@@ -51,7 +51,7 @@ var ErrNotFound = errors.New("store: no such request")
 type Request struct {
 	ID        string // hex SHA-256 of Body
 	Client    string // identity that submitted it
-	Body      []byte // the request document as submitted
+	Body      []byte // the request document as submitted (stored by Submit; Request does not read it back)
 	Created   time.Time
 	Items     []Item
 	Approvers []string // distinct identities that approved it, in order
@@ -267,7 +267,7 @@ func (s *Store) Audit(ctx context.Context, entries ...*audit.Entry) error {
 func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 	r := &Request{ID: id}
 	var created int64
-	err := s.readStmt(qRequest, 0).QueryRowContext(ctx, id).Scan(&r.Client, &r.Body, &created)
+	err := s.readStmt(qRequest, 0).QueryRowContext(ctx, id).Scan(&r.Client, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
