@@ -322,13 +322,25 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 	if sr == nil {
 		return
 	}
-	notify, release := s.watch(sr.ID)
-	defer func() { release() }()
+	// Wait without asking the store at each batch this replica stores:
+	// count the request's signatures stored since the last look, and ask
+	// only when they may be all (or every recheck interval: approvals and
+	// other replicas wake nobody here). A count may include signatures the
+	// last look saw already; that only makes the store asked early.
+	next, release := s.watch(sr.ID)
+	defer release()
+	_, seen := next()
 	if s.statusOf(sr).State != api.StateSigned {
 		// Read again now that we watch: a batch stored between the first
-		// read and the watch would otherwise wake nobody.
+		// read and the watch would otherwise go unnoticed.
 		if sr = s.load(w, r, id); sr == nil {
 			return
+		}
+	}
+	unsigned := 0
+	for _, it := range sr.Items {
+		if it.State != store.StateSigned {
+			unsigned++
 		}
 	}
 	for {
@@ -343,30 +355,38 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 		}
 		// Other replicas store signatures too: look again every poll
 		// interval. A single SQLite node is the only writer, so its own
-		// notifications suffice; it re-reads rarely, as a safety net.
+		// counts suffice; it re-reads rarely, as a safety net.
 		recheck := s.cfg.Poll.Duration
 		if s.cfg.Store.Driver == "sqlite" {
 			recheck = 2 * time.Second
 		}
 		t := time.NewTimer(min(left, recheck))
-		select {
-		case <-notify:
-		case <-t.C:
-		case <-s.draining:
-			deadline = time.Now() // answer now: shutdown waits for handlers
-		case <-r.Context().Done():
-			t.Stop()
-			return
+	wait:
+		for {
+			ch, stored := next()
+			if stored-seen >= unsigned {
+				break
+			}
+			select {
+			case <-ch:
+			case <-t.C:
+				break wait
+			case <-s.draining:
+				deadline = time.Now() // answer now: shutdown waits for handlers
+				break wait
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
 		}
 		t.Stop()
-		release()
-		notify, release = s.watch(sr.ID)
-		// Count first (cheap); read the whole request only when done.
+		_, seen = next()
 		n, err := s.store.Unsigned(r.Context(), sr.ID)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, "store unavailable", nil)
 			return
 		}
+		unsigned = int(n)
 		if n == 0 || time.Until(deadline) <= 0 {
 			if sr = s.load(w, r, id); sr == nil {
 				return

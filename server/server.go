@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -350,13 +351,16 @@ func (s *Server) Stop(ctx context.Context) {
 
 // waiters of one request's signatures.
 type waiters struct {
-	ch chan struct{} // closed when a signature of the request is stored
-	n  int
+	ch     chan struct{} // closed, and replaced, when signatures of the request are stored
+	n      int           // handlers waiting
+	stored int           // signatures of the request stored by this replica while watched
 }
 
-// watch returns a channel closed when this replica next stores a signature
-// of request id; the caller must call release when done waiting.
-func (s *Server) watch(id string) (<-chan struct{}, func()) {
+// watch starts watching request id. next returns the channel to wait on
+// now (closed when this replica next stores signatures of the request) and
+// how many of its signatures this replica stored since the watch began;
+// release ends the watch.
+func (s *Server) watch(id string) (next func() (<-chan struct{}, int), release func()) {
 	s.signedMu.Lock()
 	defer s.signedMu.Unlock()
 	w := s.signedCh[id]
@@ -365,25 +369,41 @@ func (s *Server) watch(id string) (<-chan struct{}, func()) {
 		s.signedCh[id] = w
 	}
 	w.n++
-	return w.ch, func() {
+	next = func() (<-chan struct{}, int) {
 		s.signedMu.Lock()
 		defer s.signedMu.Unlock()
-		w.n--
-		if w.n == 0 && s.signedCh[id] == w {
-			delete(s.signedCh, id)
-		}
+		return w.ch, w.stored
 	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			s.signedMu.Lock()
+			defer s.signedMu.Unlock()
+			w.n--
+			if w.n == 0 && s.signedCh[id] == w {
+				delete(s.signedCh, id)
+			}
+		})
+	}
+	return next, release
 }
 
-// signedBroadcast wakes the waiters of the requests in batch.
+// signedBroadcast counts the signatures of batch for their requests'
+// waiters and wakes them.
 func (s *Server) signedBroadcast(batch []store.Signed) {
 	s.signedMu.Lock()
 	defer s.signedMu.Unlock()
+	var woken []*waiters
 	for _, d := range batch {
 		if w := s.signedCh[d.Claim.Request]; w != nil {
-			close(w.ch)
-			delete(s.signedCh, d.Claim.Request)
+			if w.stored++; !slices.Contains(woken, w) {
+				woken = append(woken, w)
+			}
 		}
+	}
+	for _, w := range woken {
+		close(w.ch)
+		w.ch = make(chan struct{})
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"signet.dev/server/api"
 	"signet.dev/server/audit"
 	"signet.dev/server/client"
+	"signet.dev/server/store"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -585,5 +586,56 @@ func TestFaultySignatureNotStored(t *testing.T) {
 	}
 	if err := client.VerifyResult(req, res, e.vkey); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A watcher counts the signatures of its request this replica stores, and
+// is woken at each batch that has some.
+func TestWatchCounts(t *testing.T) {
+	s := &Server{signedCh: map[string]*waiters{}}
+	next, release := s.watch("a")
+	defer release()
+	ch, n := next()
+	if n != 0 {
+		t.Fatalf("stored %d before any batch", n)
+	}
+	batch := func(reqs ...string) []store.Signed {
+		var b []store.Signed
+		for _, r := range reqs {
+			b = append(b, store.Signed{Claim: store.Claim{Request: r}})
+		}
+		return b
+	}
+	s.signedBroadcast(batch("b", "b"))
+	select {
+	case <-ch:
+		t.Fatal("woken by another request's batch")
+	default:
+	}
+	s.signedBroadcast(batch("a", "b", "a", "a"))
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not woken by a batch of its request")
+	}
+	ch2, n := next()
+	if n != 3 || ch2 == ch {
+		t.Fatalf("after one batch: stored %d (want 3), same channel %v", n, ch2 == ch)
+	}
+	// A second watcher of the same request shares the count; the entry
+	// goes when both are released.
+	next2, release2 := s.watch("a")
+	s.signedBroadcast(batch("a"))
+	if _, n := next2(); n != 4 {
+		t.Fatalf("second watcher sees %d stored, want 4", n)
+	}
+	release2()
+	release2()
+	if s.signedCh["a"] == nil {
+		t.Fatal("released twice, dropped the first watcher's entry")
+	}
+	release()
+	if len(s.signedCh) != 0 {
+		t.Fatalf("entries left after release: %v", s.signedCh)
 	}
 }

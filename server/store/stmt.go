@@ -178,8 +178,8 @@ func (s *Store) closeStmts() {
 }
 
 // txStmt is statement q for rows, in tx.
-func (s *Store) txStmt(ctx context.Context, tx *sql.Tx, q query, rows int) *sql.Stmt {
-	return tx.StmtContext(ctx, s.wst[stmtKey{q, rows}])
+func (s *Store) txStmt(ctx context.Context, tx *txn, q query, rows int) *sql.Stmt {
+	return tx.Tx.StmtContext(ctx, s.wst[stmtKey{q, rows}])
 }
 
 // readStmt is statement q for rows, on the read pool.

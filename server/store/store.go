@@ -221,7 +221,7 @@ func (s *Store) q(query string) string {
 // submission, in one transaction. If a request with the same id exists, it
 // changes nothing and returns created=false (submission is idempotent).
 func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created bool, err error) {
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.inTx(ctx, func(tx *txn) error {
 		res, err := s.txStmt(ctx, tx, qInsertRequest, 0).ExecContext(ctx, r.ID, r.Client, r.Body, r.Created.UnixNano())
 		if err != nil {
 			return err
@@ -253,7 +253,7 @@ func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created
 
 // Audit appends entries that change no other state (refusals).
 func (s *Store) Audit(ctx context.Context, entries ...*audit.Entry) error {
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, func(tx *txn) error {
 		_, err := s.appendAudit(ctx, tx, entries)
 		return err
 	})
@@ -316,7 +316,7 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 // (given the request and all its approvers so far). Approving twice is one
 // approval: added is false and nothing is audited.
 func (s *Store) Approve(ctx context.Context, id, approver string, e *audit.Entry, release func(r *Request) []int) (added bool, err error) {
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.inTx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO approvals (request_id, approver, created) VALUES (?, ?, ?) ON CONFLICT (request_id, approver) DO NOTHING`),
 			id, approver, time.Now().UnixNano())
 		if err != nil {
@@ -383,7 +383,7 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, ma
 	now := time.Now()
 	until := now.Add(lease).UnixNano()
 	var out []Claim
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, func(tx *txn) error {
 		rows, err := s.txStmt(ctx, tx, qClaim, 0).QueryContext(ctx, owner, until, StatePending, now.UnixNano(), max)
 		if err != nil {
 			return err
@@ -417,7 +417,7 @@ type Signed struct {
 // to the claim's owner; the others (re-claimed after a lease expiry, and
 // already signed elsewhere) are dropped. It returns how many were stored.
 func (s *Store) Complete(ctx context.Context, done []Signed) (stored int, err error) {
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.inTx(ctx, func(tx *txn) error {
 		size, err := s.lockHead(ctx, tx)
 		if err != nil {
 			return err
@@ -468,7 +468,7 @@ type itemKey struct {
 // storeSigned sets done's signatures and audit indexes, for the items
 // still pending and leased to their claim's owner, and returns which
 // those were.
-func (s *Store) storeSigned(ctx context.Context, tx *sql.Tx, done []Signed, idx []int64) (map[itemKey]bool, error) {
+func (s *Store) storeSigned(ctx context.Context, tx *txn, done []Signed, idx []int64) (map[itemKey]bool, error) {
 	ok := map[itemKey]bool{}
 	err := chunks(len(done), func(lo, hi int) error {
 		args := make([]any, 0, 2+6*(hi-lo))
@@ -495,7 +495,7 @@ func (s *Store) storeSigned(ctx context.Context, tx *sql.Tx, done []Signed, idx 
 }
 
 // setAuditIndex records the audit index of each item of kept.
-func (s *Store) setAuditIndex(ctx context.Context, tx *sql.Tx, kept []Signed, idx []int64) error {
+func (s *Store) setAuditIndex(ctx context.Context, tx *txn, kept []Signed, idx []int64) error {
 	return chunks(len(kept), func(lo, hi int) error {
 		args := make([]any, 0, 3*(hi-lo))
 		for i, d := range kept[lo:hi] {
@@ -524,16 +524,30 @@ func (s *Store) Unsigned(ctx context.Context, id string) (int64, error) {
 	return n, nil
 }
 
-func (s *Store) inTx(ctx context.Context, f func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+// txn is a transaction with the audit hashes it wrote.
+type txn struct {
+	*sql.Tx
+	fresh map[int64]tlog.Hash
+}
+
+// inTx runs f in a transaction and commits it. The audit hashes it wrote
+// go into the hash cache once committed: responses prove the entries just
+// appended.
+func (s *Store) inTx(ctx context.Context, f func(*txn) error) error {
+	sqlTx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
+	tx := &txn{Tx: sqlTx}
 	if err := f(tx); err != nil {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.cacheHashes(tx.fresh)
+	return nil
 }
 
 // TBSHash is the hex SHA-256 an audit entry records for bytes.
@@ -544,7 +558,7 @@ func TBSHash(b []byte) string {
 
 // lockHead returns the audit log's size, locking its head row until tx
 // ends (PostgreSQL; SQLite has one writer).
-func (s *Store) lockHead(ctx context.Context, tx *sql.Tx) (int64, error) {
+func (s *Store) lockHead(ctx context.Context, tx *txn) (int64, error) {
 	var size int64
 	if err := s.txStmt(ctx, tx, qLockHead, 0).QueryRowContext(ctx).Scan(&size); err != nil {
 		return 0, fmt.Errorf("audit head: %w", err)
@@ -555,7 +569,7 @@ func (s *Store) lockHead(ctx context.Context, tx *sql.Tx) (int64, error) {
 // appendAudit appends entries to the log inside tx, setting each entry's
 // Index, and returns the indexes. The log head row serialises appends
 // (PostgreSQL: row lock; SQLite: the single writer).
-func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.Entry) ([]int64, error) {
+func (s *Store) appendAudit(ctx context.Context, tx *txn, entries []*audit.Entry) ([]int64, error) {
 	if len(entries) == 0 {
 		return nil, nil
 	}
@@ -568,11 +582,14 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, entries []*audit.En
 
 // appendAuditAt is appendAudit for a caller holding the head (lockHead
 // returned size).
-func (s *Store) appendAuditAt(ctx context.Context, tx *sql.Tx, size int64, entries []*audit.Entry) ([]int64, error) {
+func (s *Store) appendAuditAt(ctx context.Context, tx *txn, size int64, entries []*audit.Entry) ([]int64, error) {
 	if len(entries) == 0 {
 		return nil, nil
 	}
-	fresh := map[int64]tlog.Hash{} // hashes written by this append
+	if tx.fresh == nil {
+		tx.fresh = map[int64]tlog.Hash{}
+	}
+	fresh := tx.fresh // hashes written in this transaction
 	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
 		var missing []int64
@@ -634,7 +651,7 @@ func (s *Store) appendAuditAt(ctx context.Context, tx *sql.Tx, size int64, entri
 }
 
 // insertPairs inserts n two-column rows with statement q.
-func (s *Store) insertPairs(ctx context.Context, tx *sql.Tx, q query, n int, row func(k int) (any, any)) error {
+func (s *Store) insertPairs(ctx context.Context, tx *txn, q query, n int, row func(k int) (any, any)) error {
 	return chunks(n, func(lo, hi int) error {
 		args := make([]any, 0, 2*(hi-lo))
 		for k := lo; k < hi; k++ {
@@ -647,7 +664,7 @@ func (s *Store) insertPairs(ctx context.Context, tx *sql.Tx, q query, n int, row
 }
 
 // readHashes reads stored hashes idx, in tx or (tx nil) from the read pool.
-func (s *Store) readHashes(ctx context.Context, tx *sql.Tx, idx []int64) ([]tlog.Hash, error) {
+func (s *Store) readHashes(ctx context.Context, tx *txn, idx []int64) ([]tlog.Hash, error) {
 	got := make(map[int64]tlog.Hash, len(idx))
 	err := chunks(len(idx), func(lo, hi int) error {
 		args := make([]any, hi-lo)
@@ -708,7 +725,7 @@ func (s *Store) Tree(ctx context.Context) (int64, tlog.Hash, error) {
 // hashReader reads committed stored hashes, through a bounded in-memory
 // cache: a stored hash never changes once committed, and proofs and tree
 // heads read the same upper-level hashes again and again. (Hashes written
-// by a transaction that may still roll back are never cached.)
+// by a transaction join it only once the transaction commits.)
 func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 	return tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		if len(idx) == 0 {
@@ -745,6 +762,21 @@ func (s *Store) hashReader(ctx context.Context) tlog.HashReader {
 		s.hmu.Unlock()
 		return out, nil
 	})
+}
+
+// cacheHashes adds committed hashes to the cache.
+func (s *Store) cacheHashes(hs map[int64]tlog.Hash) {
+	if len(hs) == 0 {
+		return
+	}
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if s.hcache == nil || len(s.hcache)+len(hs) > maxCachedHashes {
+		s.hcache = map[int64]tlog.Hash{}
+	}
+	for x, h := range hs {
+		s.hcache[x] = h
+	}
 }
 
 // maxCachedHashes bounds the hash cache (32 bytes each plus map overhead).
