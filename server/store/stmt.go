@@ -37,6 +37,9 @@ const (
 	nQueries
 )
 
+// The queue's queries name the state 'pending' literally, as the partial
+// index items_pending does: only then may they use it.
+
 // rowSizes are the row counts multi-row statements are prepared for,
 // largest first. Powers of four: n rows take at most three statements of
 // each size.
@@ -92,7 +95,7 @@ func (s *Store) text(q query, rows int) string {
 		}
 		t = `UPDATE items SET lease_owner = ?, lease_until = ?
 			WHERE (request_id, seq) IN (SELECT request_id, seq FROM items
-				WHERE state = ? AND (lease_until IS NULL OR lease_until < ?)
+				WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < ?)
 				ORDER BY created, request_id, seq LIMIT ?` + lock + `)
 			RETURNING request_id, seq, client, item_id, key_name, kind, hash, tbs`
 	case qStoreSigned:
@@ -119,7 +122,7 @@ func (s *Store) text(q query, rows int) string {
 	case qUnsigned:
 		t = `SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> ?`
 	case qPending:
-		t = `SELECT COUNT(*) FROM items WHERE state = ?`
+		t = `SELECT COUNT(*) FROM items WHERE state = 'pending'`
 	case qTreeSize:
 		t = `SELECT size FROM audit_head WHERE id = 1`
 	case qEntries:

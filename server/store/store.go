@@ -168,7 +168,11 @@ func (s *Store) migrate(ctx context.Context) error {
 			signature ` + blob + `,
 			audit_index BIGINT,
 			PRIMARY KEY (request_id, seq))`,
-		`CREATE INDEX IF NOT EXISTS items_queue ON items (state, created)`,
+		// The queue: only pending items, in claim order. (A partial index:
+		// signing an item removes its entry rather than moving it, and the
+		// index stays the size of the queue.)
+		`DROP INDEX IF EXISTS items_queue`,
+		`CREATE INDEX IF NOT EXISTS items_pending ON items (created, request_id, seq) WHERE state = 'pending'`,
 		`CREATE TABLE IF NOT EXISTS approvals (
 			request_id TEXT NOT NULL REFERENCES requests(id),
 			approver TEXT NOT NULL,
@@ -384,7 +388,7 @@ func (s *Store) Claim(ctx context.Context, owner string, lease time.Duration, ma
 	until := now.Add(lease).UnixNano()
 	var out []Claim
 	err := s.inTx(ctx, func(tx *txn) error {
-		rows, err := s.txStmt(ctx, tx, qClaim, 0).QueryContext(ctx, owner, until, StatePending, now.UnixNano(), max)
+		rows, err := s.txStmt(ctx, tx, qClaim, 0).QueryContext(ctx, owner, until, now.UnixNano(), max)
 		if err != nil {
 			return err
 		}
@@ -509,7 +513,7 @@ func (s *Store) setAuditIndex(ctx context.Context, tx *txn, kept []Signed, idx [
 // Pending counts items waiting to be signed (for metrics).
 func (s *Store) Pending(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.readStmt(qPending, 0).QueryRowContext(ctx, StatePending).Scan(&n)
+	err := s.readStmt(qPending, 0).QueryRowContext(ctx).Scan(&n)
 	return n, err
 }
 
