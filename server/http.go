@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -120,9 +122,32 @@ func (s *Server) identify(r *http.Request) *identity {
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	writeEncoded(w, code, v, true)
+}
+
+// bufs are encoding buffers reused across responses: a response of
+// thousands of items is hundreds of kilobytes.
+var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// writeEncoded writes v as JSON with a final newline (indented as
+// api.Marshal, or compact), with its Content-Length.
+func writeEncoded(w http.ResponseWriter, code int, v any, indent bool) {
+	buf := bufs.Get().(*bytes.Buffer)
+	defer bufs.Put(buf)
+	buf.Reset()
+	enc := json.NewEncoder(buf)
+	if indent {
+		enc.SetIndent("", "  ")
+	}
+	if err := enc.Encode(v); err != nil {
+		// Only a type the API does not have can fail to encode.
+		http.Error(w, `{"error":"encoding the answer failed"}`, http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(code)
-	w.Write(api.Marshal(v))
+	w.Write(buf.Bytes())
 }
 
 func writeError(w http.ResponseWriter, code int, msg string, items []api.ItemError) {
@@ -146,7 +171,12 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, co
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxRequestBytes))
+	var buf bytes.Buffer
+	if n := r.ContentLength; n > 0 && n <= s.cfg.Limits.MaxRequestBytes {
+		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxRequestBytes))
+	body := buf.Bytes()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -456,13 +486,7 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 		res.Audit.Items[it.ID] = &audit.Proof{Index: it.AuditIndex, Entry: string(ent), Proof: proofs[i]}
 	}
 	// Compact: a response of thousands of items is large enough already.
-	b, err := json.Marshal(res)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encoding the response failed", nil)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(append(b, '\n'))
+	writeEncoded(w, http.StatusOK, res, false)
 }
 
 func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -637,5 +638,23 @@ func TestWatchCounts(t *testing.T) {
 	release()
 	if len(s.signedCh) != 0 {
 		t.Fatalf("entries left after release: %v", s.signedCh)
+	}
+}
+
+// writeEncoded's indented form is api.Marshal's, byte for byte, with the
+// length announced.
+func TestWriteEncoded(t *testing.T) {
+	st := &api.Status{ID: "ab", State: api.StatePending, Client: "ci <&>", Items: []api.ItemStatus{{ID: "x", Key: "k", Kind: "verity-roothash", State: "pending"}}}
+	for _, indent := range []bool{true, false} {
+		rec := httptest.NewRecorder()
+		writeEncoded(rec, http.StatusTeapot, st, indent)
+		want := api.Marshal(st)
+		if !indent {
+			b, _ := json.Marshal(st)
+			want = append(b, '\n')
+		}
+		if rec.Code != http.StatusTeapot || !bytes.Equal(rec.Body.Bytes(), want) || rec.Header().Get("Content-Length") != fmt.Sprint(len(want)) {
+			t.Fatalf("indent %v: %d %q (length %s), want %q", indent, rec.Code, rec.Body, rec.Header().Get("Content-Length"), want)
+		}
 	}
 }

@@ -162,7 +162,13 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	const maxAnswer = 1 << 30
+	var buf bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= maxAnswer {
+		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	}
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
+	data := buf.Bytes()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}

@@ -50,6 +50,7 @@ var (
 	store    = flag.String("store", "sqlite", "sqlite; postgres (a throwaway cluster on loopback); or a postgres DSN")
 	inproc   = flag.Bool("inprocess", false, "run the service in this process (for -cpuprofile) instead of signet serve")
 	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the API run here")
+	memprof  = flag.String("memprofile", "", "write an allocation profile here (with -inprocess: the service's allocations too)")
 )
 
 func must(err error) {
@@ -221,6 +222,12 @@ keys = ["bench"]
 	}
 	if *cpuprof != "" {
 		pprof.StopCPUProfile()
+	}
+	if *memprof != "" {
+		f, err := os.Create(*memprof)
+		must(err)
+		must(pprof.Lookup("allocs").WriteTo(f, 0))
+		must(f.Close())
 	}
 	slices.Sort(lat)
 	slices.Sort(ratios)
