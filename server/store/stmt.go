@@ -37,8 +37,10 @@ const (
 	nQueries
 )
 
-// The queue's queries name the state 'pending' literally, as the partial
-// index items_pending does: only then may they use it.
+// Queries on items name states literally, never as parameters: the
+// partial index items_pending depends on the state, so SQLite would
+// prepare a statement again each time a state parameter is bound, and the
+// queue's queries may use the index only when they name 'pending'.
 
 // rowSizes are the row counts multi-row statements are prepared for,
 // largest first. Powers of four: n rows take at most three statements of
@@ -99,9 +101,9 @@ func (s *Store) text(q query, rows int) string {
 				ORDER BY created, request_id, seq LIMIT ?` + lock + `)
 			RETURNING request_id, seq, client, item_id, key_name, kind, hash, tbs`
 	case qStoreSigned:
-		t = `UPDATE items SET state = ?, signature = v.column3, audit_index = v.column6, lease_owner = NULL, lease_until = NULL FROM (VALUES ` +
+		t = `UPDATE items SET state = 'signed', signature = v.column3, audit_index = v.column6, lease_owner = NULL, lease_until = NULL FROM (VALUES ` +
 			values("(?"+cast("text")+", ?"+cast("integer")+", ?"+cast("bytea")+", ?"+cast("text")+", ?"+cast("bigint")+", ?"+cast("bigint")+")") +
-			`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2 AND items.state = ?
+			`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2 AND items.state = 'pending'
 			AND items.lease_owner = v.column4 AND items.lease_until = v.column5 RETURNING items.request_id, items.seq`
 	case qSetAuditIndex:
 		t = `UPDATE items SET audit_index = v.column3 FROM (VALUES ` +
@@ -120,7 +122,7 @@ func (s *Store) text(q query, rows int) string {
 	case qApprovers:
 		t = `SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`
 	case qUnsigned:
-		t = `SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> ?`
+		t = `SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> 'signed'`
 	case qPending:
 		t = `SELECT COUNT(*) FROM items WHERE state = 'pending'`
 	case qTreeSize:

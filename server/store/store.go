@@ -37,7 +37,7 @@ import (
 	"signet.dev/server/audit"
 )
 
-// Item states.
+// Item states. (Queries spell them out; see stmt.go.)
 const (
 	StateApproval = "approval" // waiting for approvals before it may be signed
 	StatePending  = "pending"  // queued for signing
@@ -102,7 +102,11 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 			s.db.SetMaxOpenConns(1)
 			s.rdb, err = sql.Open("sqlite", "file:"+dsn+pragmas)
 			if err == nil {
+				// Keep them open: a new connection reads the schema and
+				// prepares the read statements again, and (measured) made
+				// SQLite prepare the writer's statements again too.
 				s.rdb.SetMaxOpenConns(4)
+				s.rdb.SetMaxIdleConns(4)
 			}
 		}
 	case "postgres", "postgresql":
@@ -110,6 +114,7 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		s.db, err = sql.Open("pgx", dsn)
 		if err == nil {
 			s.db.SetMaxOpenConns(16)
+			s.db.SetMaxIdleConns(16) // statements are prepared per connection
 		}
 		s.rdb = s.db
 	default:
@@ -358,8 +363,8 @@ func (s *Store) Approve(ctx context.Context, id, approver string, e *audit.Entry
 		}
 		ar.Close()
 		for _, seq := range release(r) {
-			if _, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = ? WHERE request_id = ? AND seq = ? AND state = ?`),
-				StatePending, id, seq, StateApproval); err != nil {
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = 'pending' WHERE request_id = ? AND seq = ? AND state = 'approval'`),
+				id, seq); err != nil {
 				return err
 			}
 		}
@@ -475,12 +480,10 @@ type itemKey struct {
 func (s *Store) storeSigned(ctx context.Context, tx *txn, done []Signed, idx []int64) (map[itemKey]bool, error) {
 	ok := map[itemKey]bool{}
 	err := chunks(len(done), func(lo, hi int) error {
-		args := make([]any, 0, 2+6*(hi-lo))
-		args = append(args, StateSigned)
+		args := make([]any, 0, 6*(hi-lo))
 		for i, d := range done[lo:hi] {
 			args = append(args, d.Claim.Request, d.Claim.Seq, d.Signature, d.Claim.Owner, d.Claim.Until, idx[lo+i])
 		}
-		args = append(args, StatePending)
 		rows, err := s.txStmt(ctx, tx, qStoreSigned, hi-lo).QueryContext(ctx, args...)
 		if err != nil {
 			return err
@@ -521,7 +524,7 @@ func (s *Store) Pending(ctx context.Context) (int64, error) {
 // waiting fetch asks.
 func (s *Store) Unsigned(ctx context.Context, id string) (int64, error) {
 	var n int64
-	err := s.readStmt(qUnsigned, 0).QueryRowContext(ctx, id, StateSigned).Scan(&n)
+	err := s.readStmt(qUnsigned, 0).QueryRowContext(ctx, id).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("store: request %s: %w", id, err)
 	}
@@ -868,7 +871,7 @@ func (s *Store) Entries(ctx context.Context, start, end int64) ([][]byte, error)
 // that died are void, so its items are signed now rather than after the
 // lease would have expired.
 func (s *Store) ReleaseLeases(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, s.q(`UPDATE items SET lease_owner = NULL, lease_until = NULL WHERE state = ? AND lease_owner IS NOT NULL`), StatePending)
+	_, err := s.db.ExecContext(ctx, `UPDATE items SET lease_owner = NULL, lease_until = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL`)
 	if err != nil {
 		return fmt.Errorf("store: releasing leases: %w", err)
 	}
