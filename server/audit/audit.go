@@ -183,6 +183,35 @@ func (p *Proof) MarshalJSON() ([]byte, error) {
 	return append(b, '}'), nil
 }
 
+// UnmarshalJSON decodes what MarshalJSON encodes, the proof's hashes in
+// one pass.
+func (p *Proof) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Index int64    `json:"index"`
+		Entry string   `json:"entry"`
+		Proof []string `json:"proof"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	var hs []tlog.Hash
+	if raw.Proof != nil {
+		hs = make([]tlog.Hash, len(raw.Proof))
+	}
+	var buf [tlog.HashSize + 2]byte // DecodedLen of a padded hash
+	for i, s := range raw.Proof {
+		if len(s) != base64.StdEncoding.EncodedLen(tlog.HashSize) {
+			return fmt.Errorf("audit: proof hash %d: %q is not a base64 hash", i, s)
+		}
+		if n, err := base64.StdEncoding.Strict().Decode(buf[:], []byte(s)); err != nil || n != tlog.HashSize {
+			return fmt.Errorf("audit: proof hash %d: %q is not a base64 hash", i, s)
+		}
+		copy(hs[i][:], buf[:])
+	}
+	*p = Proof{Index: raw.Index, Entry: raw.Entry, Proof: hs}
+	return nil
+}
+
 // Check verifies that p's entry is at p.Index in the tree of c.
 func (p *Proof) Check(c Checkpoint) error {
 	if p.Index < 0 || p.Index >= c.Size {

@@ -3,9 +3,11 @@ package audit
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -160,8 +162,46 @@ func TestProofJSON(t *testing.T) {
 			t.Errorf("indented proof %d:\n got %s\nwant %s", p.Index, gotI, wantI)
 		}
 		var back Proof
-		if err := json.Unmarshal(got, &back); err != nil || back.Index != p.Index || back.Entry != p.Entry || len(back.Proof) != len(p.Proof) {
+		if err := json.Unmarshal(got, &back); err != nil || back.Index != p.Index || back.Entry != p.Entry || !slices.Equal(back.Proof, p.Proof) || (back.Proof == nil) != (p.Proof == nil) {
 			t.Errorf("proof %d does not decode back: %v %+v", p.Index, err, back)
 		}
+		// tlog.Hash's own decoding agrees.
+		var viaHash plain
+		if err := json.Unmarshal(got, &viaHash); err != nil || !slices.Equal(viaHash.Proof, back.Proof) {
+			t.Errorf("proof %d: tlog.Hash decodes %v (%v), Proof %v", p.Index, viaHash.Proof, err, back.Proof)
+		}
 	}
+}
+
+// Proof decoding refuses hashes that are not 32 bytes of padded base64.
+func TestProofJSONBadHash(t *testing.T) {
+	for _, h := range []string{`""`, `"AAAA"`, `"` + strings.Repeat("A", 43) + `"`, `"` + strings.Repeat("A", 43) + `="` + `,"x"`, `"` + strings.Repeat("A", 42) + `B="`, `"` + strings.Repeat("A", 44) + `"`, `1`} {
+		var p Proof
+		if err := json.Unmarshal([]byte(`{"index":1,"entry":"e","proof":[`+h+`]}`), &p); err == nil {
+			t.Errorf("proof hash %s accepted: %v", h, p.Proof)
+		}
+	}
+}
+
+// Proof decoding never panics, and what it accepts encodes and decodes
+// back to itself.
+func FuzzProofJSON(f *testing.F) {
+	h := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	f.Add([]byte(`{"index":3,"entry":"{\"type\":\"sign\"}","proof":["` + h + `"]}`))
+	f.Add([]byte(`{"index":0,"entry":"","proof":null}`))
+	f.Add([]byte(`{"proof":["` + h[:43] + `="]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p Proof
+		if json.Unmarshal(b, &p) != nil {
+			return
+		}
+		enc, err := json.Marshal(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var q Proof
+		if err := json.Unmarshal(enc, &q); err != nil || q.Index != p.Index || q.Entry != p.Entry || !slices.Equal(q.Proof, p.Proof) {
+			t.Fatalf("%s: round trip %s gave %+v (%v)", b, enc, q, err)
+		}
+	})
 }
