@@ -18,8 +18,8 @@ import (
 // transaction (group commit: while one commit syncs, the next batch
 // accumulates).
 
-// wake tells an idle claimer there may be work (a submission or approval
-// here).
+// wake tells the claimer there may be work (a submission or approval
+// here) or room for it (a signer took the buffer down to half).
 func (s *Server) wake() {
 	select {
 	case s.kick <- struct{}{}:
@@ -46,6 +46,9 @@ func (s *Server) pipeline() {
 		go func() {
 			defer wg.Done()
 			for c := range work {
+				if len(work) <= cap(work)/2 {
+					s.wake() // room to claim more
+				}
 				if d := s.sign(c); d != nil {
 					results <- d
 				}
@@ -67,13 +70,15 @@ func (s *Server) claimer(work chan<- store.Claim) {
 		default:
 		}
 		// Claim when the buffer is at most half full, and only what fits:
-		// a claimed item should wait for a signer, not for a lease.
+		// a claimed item should wait for a signer, not for a lease. A
+		// signer wakes the claimer when it takes the buffer to half.
 		room := cap(work) - len(work)
 		if room < cap(work)/2 {
 			select {
 			case <-s.stop:
 				return
-			case <-time.After(2 * time.Millisecond):
+			case <-s.kick:
+			case <-poll.C:
 			}
 			continue
 		}
