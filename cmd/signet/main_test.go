@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"testing"
 
@@ -25,6 +27,13 @@ func TestScripts(t *testing.T) {
 			// Scenarios read the shared vectors and make keys with openssl.
 			wd, _ := os.Getwd()
 			env.Setenv("REPO", wd+"/../..")
+			// A free loopback port for scenarios that run the service.
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			env.Setenv("PORT", fmt.Sprint(l.Addr().(*net.TCPAddr).Port))
 			return nil
 		},
 	})

@@ -17,7 +17,7 @@ import (
 func init() { commands = append(commands, newServeCmd) }
 
 func newServeCmd() *cobra.Command {
-	var config, level string
+	var config, level, listen string
 	cmd := &cobra.Command{
 		Use:   "serve --config=FILE",
 		Short: "Run the signing service (HTTP JSON API; see docs/server.md)",
@@ -47,6 +47,9 @@ it after the signatures in flight are stored.`,
 				return err
 			}
 			defer s.Close()
+			if listen != "" {
+				cfg.Listen = listen
+			}
 			l, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
 				return err
@@ -56,5 +59,6 @@ it after the signatures in flight are stored.`,
 	}
 	cmd.Flags().StringVar(&config, "config", "", "service configuration (TOML)")
 	cmd.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	cmd.Flags().StringVar(&listen, "listen", "", "address to listen on, instead of the configuration's listen")
 	return cmd
 }
