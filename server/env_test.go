@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -189,4 +191,25 @@ func newRequest(t testing.TB, n int, key string) (*request.Request, []byte) {
 		t.Fatal(err)
 	}
 	return r, b
+}
+
+// metric returns the value of one series of the service's /metrics ("0"
+// when absent).
+func (e *env) metric(series string) string {
+	e.t.Helper()
+	resp, err := http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			return v
+		}
+	}
+	return "0"
 }

@@ -500,15 +500,8 @@ func TestStopFinishesInFlight(t *testing.T) {
 	}
 	t.Logf("stopped with %d signed, %d queued", signed, queued)
 	// The metrics count what was stored.
-	resp, err := http.Get(e.http.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m bytes.Buffer
-	m.ReadFrom(resp.Body)
-	if want := fmt.Sprintf("signet_items_signed_total{key=\"hsm\"} %d\n", signed); !strings.Contains(m.String(), want) {
-		t.Fatalf("metrics lack %q", want)
+	if got, want := e.metric(`signet_items_signed_total{key="hsm"}`), fmt.Sprint(signed); got != want {
+		t.Fatalf("metrics count %s signed, want %s", got, want)
 	}
 }
 
@@ -543,21 +536,7 @@ func TestFaultySignatureNotStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	counted := func() string {
-		resp, err := http.Get(e.http.URL + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var m bytes.Buffer
-		m.ReadFrom(resp.Body)
-		for _, l := range strings.Split(m.String(), "\n") {
-			if strings.HasPrefix(l, `signet_sign_errors_total{key="verity"}`) {
-				return strings.Fields(l)[1]
-			}
-		}
-		return "0"
-	}
+	counted := func() string { return e.metric(`signet_sign_errors_total{key="verity"}`) }
 	deadline := time.Now().Add(10 * time.Second)
 	for counted() == "0" {
 		if time.Now().After(deadline) {
