@@ -33,6 +33,11 @@ type Config struct {
 	// Poll is how often an idle replica looks for work queued by other
 	// replicas or left by dead ones ("250ms").
 	Poll Duration `toml:"poll"`
+	// Retry is how long an item whose signing failed (the token answered
+	// with an error, or with a signature the certificate does not verify)
+	// waits before it is tried again ("5s"); its status shows the error
+	// meanwhile.
+	Retry Duration `toml:"retry"`
 	// ShutdownTimeout bounds the wait for in-flight work on SIGTERM ("60s").
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 
@@ -186,6 +191,9 @@ func (c *Config) Check() error {
 	}
 	if c.Poll.Duration == 0 {
 		c.Poll.Duration = 250 * time.Millisecond
+	}
+	if c.Retry.Duration == 0 {
+		c.Retry.Duration = 5 * time.Second
 	}
 	if c.ShutdownTimeout.Duration == 0 {
 		c.ShutdownTimeout.Duration = 60 * time.Second

@@ -283,7 +283,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 func (s *Server) statusOf(r *store.Request) *api.Status {
 	st := &api.Status{ID: r.ID, Client: r.Client, Created: r.Created.Format(time.RFC3339Nano), Approvers: r.Approvers, State: api.StateSigned}
 	for _, it := range r.Items {
-		st.Items = append(st.Items, api.ItemStatus{ID: it.ID, Key: it.Key, Kind: it.Kind, State: it.State})
+		st.Items = append(st.Items, api.ItemStatus{ID: it.ID, Key: it.Key, Kind: it.Kind, State: it.State, Error: it.Error})
 		switch it.State {
 		case store.StateApproval:
 			st.State = api.StateApproval

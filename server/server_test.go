@@ -520,14 +520,16 @@ func (f *faultyToken) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) (
 }
 
 // A token that returns signatures its certificate does not verify gets
-// nothing stored: no signature, no audit entry, an error counted; once it
-// signs correctly again the items are signed after their lease.
+// nothing stored: no signature, no audit entry, an error counted and shown
+// in the items' status; once it signs correctly again the items are
+// signed after the retry interval, well before their lease would end.
 func TestFaultySignatureNotStored(t *testing.T) {
 	var ft *faultyToken
-	e := newEnvHook(t, func(c *Config) { c.Lease.Duration = 300 * time.Millisecond }, func(s *Server) {
+	e := newEnvHook(t, func(c *Config) { c.Retry.Duration = 200 * time.Millisecond; c.Lease.Duration = time.Hour }, func(s *Server) {
 		k := s.keys["verity"]
-		// Another RSA key (the test key cache holds one per kind).
-		ft = &faultyToken{Signer: k.signer, other: testkeys.Generate(t, testkeys.RSA4096).Signer}
+		// Another RSA key (the test key cache holds one per kind; the
+		// verity key is RSA-3072).
+		ft = &faultyToken{Signer: k.signer, other: testkeys.Generate(t, testkeys.RSA2048).Signer}
 		k.signer = ft
 	})
 	c := e.client("ci")
@@ -553,6 +555,15 @@ func TestFaultySignatureNotStored(t *testing.T) {
 			t.Fatalf("item %s is %s after a faulty signature", it.ID, it.State)
 		}
 	}
+	// The reason shows once the failed items are given back.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(s.Items[0].Error, "does not verify"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("status shows no error for a faulty signature: %+v", s.Items)
+		}
+		if s, err = c.Status(ctxT(t), st.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
 	_, _, log := exportLog(t, c, e.vkey)
 	for _, en := range entriesOf(t, log) {
 		if en.Type == audit.TypeSign {
@@ -566,6 +577,9 @@ func TestFaultySignatureNotStored(t *testing.T) {
 	}
 	if err := client.VerifyResult(req, res, e.vkey); err != nil {
 		t.Fatal(err)
+	}
+	if s, err = c.Status(ctxT(t), st.ID); err != nil || s.Items[0].Error != "" {
+		t.Fatalf("a signed item still shows an error: %v %+v", err, s)
 	}
 }
 

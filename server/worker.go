@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -49,8 +50,12 @@ func (s *Server) pipeline() {
 				if len(work) <= cap(work)/2 {
 					s.wake() // room to claim more
 				}
-				if d := s.sign(c); d != nil {
+				d, f := s.sign(c)
+				if d != nil {
 					results <- d
+				}
+				if f != nil {
+					s.retry([]store.Failed{*f})
 				}
 			}
 		}()
@@ -102,20 +107,20 @@ func (s *Server) claimer(work chan<- store.Claim) {
 }
 
 // sign signs one claimed item with its key and returns the signature with
-// its audit entry; nil if it failed (the item stays leased and is claimed
-// again after the lease). The committer verifies it.
-func (s *Server) sign(c store.Claim) *store.Signed {
+// its audit entry, or why it failed (the item is given back and tried
+// again after the retry interval). The committer verifies the signature.
+func (s *Server) sign(c store.Claim) (*store.Signed, *store.Failed) {
 	k := s.keys[c.Key]
 	if k == nil {
-		// The key left the configuration after submission: leave the item
-		// queued rather than fail it.
+		// The key left the configuration after submission: keep the item
+		// queued, with the reason in its status, rather than fail it.
 		s.log.Error("item needs a key this replica does not hold", "request", c.Request, "item", c.ID, "key", c.Key)
-		return nil
+		return nil, &store.Failed{Claim: c, Err: fmt.Sprintf("key %q is not configured on this service", c.Key)}
 	}
 	h, err := request.HashByName(c.Hash)
 	if err != nil {
 		s.log.Error("stored item has a bad hash", "request", c.Request, "item", c.ID, "err", err)
-		return nil
+		return nil, &store.Failed{Claim: c, Err: err.Error()}
 	}
 	k.sem <- struct{}{}
 	t0 := time.Now()
@@ -125,13 +130,25 @@ func (s *Server) sign(c store.Claim) *store.Signed {
 	if err != nil {
 		s.metrics.signErrors.WithLabelValues(c.Key).Inc()
 		s.log.Error("signing", "request", c.Request, "item", c.ID, "key", c.Key, "err", err)
-		return nil
+		return nil, &store.Failed{Claim: c, Err: "signing: " + err.Error()}
 	}
 	return &store.Signed{Claim: c, Signature: sig, Entry: &audit.Entry{
 		Time: time.Now().UTC(), Type: audit.TypeSign, Client: c.Client,
 		Request: c.Request, Item: c.ID, Key: c.Key, Kind: c.Kind,
 		TBS: store.TBSHash(c.TBS), Sig: store.TBSHash(sig),
-	}}
+	}}, nil
+}
+
+// retry gives failed items back to the queue, to be claimed again after
+// the retry interval. If that fails too they stay leased, and are claimed
+// again when the lease expires.
+func (s *Server) retry(failed []store.Failed) {
+	if len(failed) == 0 {
+		return
+	}
+	if _, err := s.store.Retry(context.Background(), failed, time.Now().Add(s.cfg.Retry.Duration)); err != nil {
+		s.log.Error("giving back failed items", "items", len(failed), "err", err)
+	}
 }
 
 // gatherWindow is how long the committer collects signatures before
@@ -170,7 +187,8 @@ func (s *Server) committer(results <-chan *store.Signed) {
 }
 
 func (s *Server) commit(batch []store.Signed) {
-	batch = s.verified(batch)
+	batch, failed := s.verified(batch)
+	s.retry(failed)
 	if len(batch) == 0 {
 		return
 	}
@@ -194,14 +212,16 @@ func (s *Server) commit(batch []store.Signed) {
 }
 
 // verified returns the signatures of batch that their key's certificate
-// verifies: the service never stores or returns any other (a token
-// answering with a faulty signature, or with another key's, fails here;
-// its items stay leased and are signed again after the lease). Verifying a
+// verifies, and the others as failures: the service never stores or
+// returns a signature that does not verify (a token answering with a
+// faulty signature, or with another key's, fails here; its items are
+// signed again after the retry interval). Verifying a
 // batch in one loop here, rather than each signature on its signer between
 // two token calls, costs about half as much CPU: the verifier's code and
 // data stay in cache.
-func (s *Server) verified(batch []store.Signed) []store.Signed {
+func (s *Server) verified(batch []store.Signed) ([]store.Signed, []store.Failed) {
 	kept := batch[:0]
+	var failed []store.Failed
 	for _, d := range batch {
 		k := s.keys[d.Claim.Key]
 		h, err := request.HashByName(d.Claim.Hash)
@@ -211,9 +231,10 @@ func (s *Server) verified(batch []store.Signed) []store.Signed {
 		if err != nil {
 			s.metrics.signErrors.WithLabelValues(d.Claim.Key).Inc()
 			s.log.Error("signature does not verify: not stored", "request", d.Claim.Request, "item", d.Claim.ID, "key", d.Claim.Key, "err", err)
+			failed = append(failed, store.Failed{Claim: d.Claim, Err: "the token's signature does not verify with the key's certificate"})
 			continue
 		}
 		kept = append(kept, d)
 	}
-	return kept
+	return kept, failed
 }

@@ -51,6 +51,9 @@ type ItemStatus struct {
 	Key   string `json:"key"`
 	Kind  string `json:"kind"`
 	State string `json:"state"`
+	// Error is why the last attempt to sign a pending item failed (it is
+	// tried again after the service's retry interval).
+	Error string `json:"error,omitempty"`
 }
 
 // Error is the body of every error response.

@@ -101,7 +101,7 @@ func (s *Store) text(q query, rows int) string {
 				ORDER BY created, request_id, seq LIMIT ?` + lock + `)
 			RETURNING request_id, seq, client, item_id, key_name, kind, hash, tbs`
 	case qStoreSigned:
-		t = `UPDATE items SET state = 'signed', signature = v.column3, audit_index = v.column6, lease_owner = NULL, lease_until = NULL FROM (VALUES ` +
+		t = `UPDATE items SET state = 'signed', signature = v.column3, audit_index = v.column6, lease_owner = NULL, lease_until = NULL, error = NULL FROM (VALUES ` +
 			values("(?"+cast("text")+", ?"+cast("integer")+", ?"+cast("bytea")+", ?"+cast("text")+", ?"+cast("bigint")+", ?"+cast("bigint")+")") +
 			`) AS v WHERE items.request_id = v.column1 AND items.seq = v.column2 AND items.state = 'pending'
 			AND items.lease_owner = v.column4 AND items.lease_until = v.column5 RETURNING items.request_id, items.seq`
@@ -118,7 +118,7 @@ func (s *Store) text(q query, rows int) string {
 	case qRequest:
 		t = `SELECT client, created FROM requests WHERE id = ?`
 	case qRequestItems:
-		t = `SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index FROM items WHERE request_id = ? ORDER BY seq`
+		t = `SELECT seq, item_id, key_name, kind, hash, tbs, state, signature, audit_index, error FROM items WHERE request_id = ? ORDER BY seq`
 	case qApprovers:
 		t = `SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`
 	case qUnsigned:

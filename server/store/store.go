@@ -68,6 +68,7 @@ type Item struct {
 	State      string
 	Signature  []byte // once signed
 	AuditIndex int64  // index of the "sign" entry, once signed
+	Error      string // why the last attempt to sign it failed, while pending
 }
 
 // Store is an open database.
@@ -172,6 +173,7 @@ func (s *Store) migrate(ctx context.Context) error {
 			lease_until BIGINT,
 			signature ` + blob + `,
 			audit_index BIGINT,
+			error TEXT,
 			PRIMARY KEY (request_id, seq))`,
 		// The queue: only pending items, in claim order. (A partial index:
 		// signing an item removes its entry rather than moving it, and the
@@ -200,6 +202,24 @@ func (s *Store) migrate(ctx context.Context) error {
 	for _, q := range schema {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("store: creating schema: %w", err)
+		}
+	}
+	// Columns added since the first schema, to databases made before.
+	for _, c := range []struct{ table, column, typ string }{
+		{"items", "error", "TEXT"},
+	} {
+		var n int
+		q := `SELECT COUNT(*) FROM pragma_table_info('` + c.table + `') WHERE name = '` + c.column + `'`
+		if s.postgres {
+			q = `SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = '` + c.table + `' AND column_name = '` + c.column + `'`
+		}
+		if err := tx.QueryRowContext(ctx, q).Scan(&n); err != nil {
+			return fmt.Errorf("store: updating schema: %w", err)
+		}
+		if n == 0 {
+			if _, err := tx.ExecContext(ctx, `ALTER TABLE `+c.table+` ADD COLUMN `+c.column+` `+c.typ); err != nil {
+				return fmt.Errorf("store: updating schema: %w", err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -292,10 +312,11 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 	for rows.Next() {
 		var it Item
 		var ai sql.NullInt64
-		if err := rows.Scan(&it.Seq, &it.ID, &it.Key, &it.Kind, &it.Hash, &it.TBS, &it.State, &it.Signature, &ai); err != nil {
+		var ie sql.NullString
+		if err := rows.Scan(&it.Seq, &it.ID, &it.Key, &it.Kind, &it.Hash, &it.TBS, &it.State, &it.Signature, &ai, &ie); err != nil {
 			return nil, fmt.Errorf("store: request %s: %w", id, err)
 		}
-		it.AuditIndex = -1
+		it.AuditIndex, it.Error = -1, ie.String
 		if ai.Valid {
 			it.AuditIndex = ai.Int64
 		}
@@ -511,6 +532,37 @@ func (s *Store) setAuditIndex(ctx context.Context, tx *txn, kept []Signed, idx [
 		_, err := s.txStmt(ctx, tx, qSetAuditIndex, hi-lo).ExecContext(ctx, args...)
 		return err
 	})
+}
+
+// Failed is a claim whose signing failed, and why.
+type Failed struct {
+	Claim Claim
+	Err   string
+}
+
+// Retry gives back the claims of failed that are still leased to their
+// owner, to be claimed again after until, and records their errors. It
+// returns how many it gave back.
+func (s *Store) Retry(ctx context.Context, failed []Failed, until time.Time) (n int, err error) {
+	err = s.inTx(ctx, func(tx *txn) error {
+		n = 0
+		for _, f := range failed {
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET lease_owner = NULL, lease_until = ?, error = ?
+				WHERE request_id = ? AND seq = ? AND state = 'pending' AND lease_owner = ? AND lease_until = ?`),
+				until.UnixNano(), f.Err, f.Claim.Request, f.Claim.Seq, f.Claim.Owner, f.Claim.Until)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k == 1 {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: giving back failed items: %w", err)
+	}
+	return n, nil
 }
 
 // Pending counts items waiting to be signed (for metrics).

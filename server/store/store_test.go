@@ -3,8 +3,10 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +41,81 @@ func TestStore(t *testing.T) {
 	for _, db := range []string{"sqlite", "postgres"} {
 		t.Run(db+"/lifecycle", func(t *testing.T) { testLifecycle(t, open[db](t)) })
 		t.Run(db+"/concurrent-claims", func(t *testing.T) { testConcurrentClaims(t, open[db](t), db == "postgres") })
+		t.Run(db+"/retry", func(t *testing.T) { testRetry(t, open[db](t)) })
+	}
+}
+
+// A failed item goes back to the queue with its error, is not claimed
+// before the retry time, and loses the error once signed; a stale claim
+// gives nothing back.
+func testRetry(t *testing.T, s *Store) {
+	ctx := context.Background()
+	submit(t, s, "rr", 2, StatePending)
+	cs, err := s.Claim(ctx, "w", time.Minute, 10)
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("claim: %d %v", len(cs), err)
+	}
+	// PostgreSQL's RETURNING has no order.
+	slices.SortFunc(cs, func(a, b Claim) int { return a.Seq - b.Seq })
+	stale := cs[1]
+	stale.Owner = "other"
+	n, err := s.Retry(ctx, []Failed{{Claim: cs[0], Err: "token unreachable"}, {Claim: stale, Err: "x"}}, time.Now().Add(300*time.Millisecond))
+	if err != nil || n != 1 {
+		t.Fatalf("retry gave back %d (%v), want 1", n, err)
+	}
+	r, err := s.Request(ctx, "rr")
+	if err != nil || r.Items[0].Error != "token unreachable" || r.Items[1].Error != "" {
+		t.Fatalf("errors after retry: %v %+v", err, r)
+	}
+	if again, _ := s.Claim(ctx, "w2", time.Minute, 10); len(again) != 0 {
+		t.Fatalf("claimed %d items before their retry time", len(again))
+	}
+	time.Sleep(350 * time.Millisecond)
+	again, err := s.Claim(ctx, "w2", time.Minute, 10)
+	if err != nil || len(again) != 1 || again[0].Seq != 0 {
+		t.Fatalf("claim after the retry time: %+v %v", again, err)
+	}
+	if n, err := s.Complete(ctx, signAll(again)); err != nil || n != 1 {
+		t.Fatalf("complete: %d %v", n, err)
+	}
+	if r, _ = s.Request(ctx, "rr"); r.Items[0].State != StateSigned || r.Items[0].Error != "" {
+		t.Fatalf("signed item: %+v", r.Items[0])
+	}
+}
+
+// A database made before the error column gains it when opened.
+func TestUpgradeSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE TABLE requests (id TEXT PRIMARY KEY, client TEXT NOT NULL, body BLOB NOT NULL, created BIGINT NOT NULL)`,
+		`CREATE TABLE items (request_id TEXT NOT NULL REFERENCES requests(id), seq INTEGER NOT NULL, client TEXT NOT NULL,
+			item_id TEXT NOT NULL, key_name TEXT NOT NULL, kind TEXT NOT NULL, hash TEXT NOT NULL, tbs BLOB NOT NULL,
+			state TEXT NOT NULL, created BIGINT NOT NULL, lease_owner TEXT, lease_until BIGINT, signature BLOB, audit_index BIGINT,
+			PRIMARY KEY (request_id, seq))`,
+		`CREATE INDEX items_queue ON items (state, created)`,
+		`INSERT INTO requests VALUES ('old', 'ci', x'7b7d', 1)`,
+		`INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES ('old', 0, 'ci', 'a', 'k', 'verity-roothash', 'sha256', x'00', 'pending', 1)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	s, err := Open(context.Background(), "sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Request(context.Background(), "old")
+	if err != nil || len(r.Items) != 1 {
+		t.Fatalf("old request: %v %+v", err, r)
+	}
+	if cs, err := s.Claim(context.Background(), "w", time.Minute, 10); err != nil || len(cs) != 1 {
+		t.Fatalf("old item not claimable: %d %v", len(cs), err)
 	}
 }
 
