@@ -37,10 +37,10 @@ const (
 	nQueries
 )
 
-// Queries on items name states literally, never as parameters: the
-// partial index items_pending depends on the state, so SQLite would
-// prepare a statement again each time a state parameter is bound, and the
-// queue's queries may use the index only when they name 'pending'.
+// Queries on items name states literally, never as parameters: SQLite
+// uses the partial index items_pending only for a query whose WHERE names
+// 'pending' when the statement is prepared, and a parameter compared with
+// the index's condition at planning time would tie the plan to its value.
 
 // rowSizes are the row counts multi-row statements are prepared for,
 // largest first. Powers of four: n rows take at most three statements of
