@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"signet.dev/keys"
@@ -35,7 +36,8 @@ func (s *Server) pipeline() {
 	defer s.lanes.Done()
 	work := make(chan store.Claim, s.cfg.Batch)
 	results := make(chan *store.Signed, s.cfg.Batch)
-	go s.claimer(work)
+	var more atomic.Bool // the last claim filled its room: more may be queued
+	go s.claimer(work, &more)
 	signers := 0
 	for name, k := range s.keys {
 		signers += cap(k.sem)
@@ -47,7 +49,7 @@ func (s *Server) pipeline() {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				if len(work) <= cap(work)/2 {
+				if len(work) <= cap(work)/2 && more.Load() {
 					s.wake() // room to claim more
 				}
 				d, f := s.sign(c)
@@ -64,7 +66,7 @@ func (s *Server) pipeline() {
 	s.committer(results)
 }
 
-func (s *Server) claimer(work chan<- store.Claim) {
+func (s *Server) claimer(work chan<- store.Claim, more *atomic.Bool) {
 	defer close(work)
 	poll := time.NewTicker(s.cfg.Poll.Duration)
 	defer poll.Stop()
@@ -76,7 +78,8 @@ func (s *Server) claimer(work chan<- store.Claim) {
 		}
 		// Claim when the buffer is at most half full, and only what fits:
 		// a claimed item should wait for a signer, not for a lease. A
-		// signer wakes the claimer when it takes the buffer to half.
+		// signer wakes the claimer when it takes the buffer to half and
+		// the last claim left items queued; submissions wake it too.
 		room := cap(work) - len(work)
 		if room < cap(work)/2 {
 			select {
@@ -91,6 +94,7 @@ func (s *Server) claimer(work chan<- store.Claim) {
 		if err != nil {
 			s.log.Error("claiming items", "err", err)
 		}
+		more.Store(len(claims) == room)
 		if len(claims) == 0 {
 			select {
 			case <-s.stop:
