@@ -321,6 +321,21 @@ func progress(st *api.Status) string {
 		}
 	}
 	s := fmt.Sprintf("%s, %d/%d items signed", st.State, signed, len(st.Items))
+	// Items whose last signing attempt failed, by error: the service keeps
+	// retrying them, but whoever waits should know why it is slow.
+	failing := map[string][]string{}
+	var errs []string
+	for _, it := range st.Items {
+		if it.Error != "" {
+			if failing[it.Error] == nil {
+				errs = append(errs, it.Error)
+			}
+			failing[it.Error] = append(failing[it.Error], it.ID)
+		}
+	}
+	for _, e := range errs {
+		s += fmt.Sprintf("; %s failing, retried: %s", plural(len(failing[e]), "item"), e)
+	}
 	if len(st.Approvals) > 0 {
 		var need []string
 		for k, n := range st.Approvals {
