@@ -12,7 +12,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -247,7 +246,7 @@ func (s *Service) round(ctx context.Context, dir string, p *PendingRequest, log 
 		}
 		return nil, fmt.Errorf("round %d (%s): submitting to the signing service: %w", p.Round, path, err)
 	}
-	fmt.Fprintf(log, "round %d: %s at the signing service as request %s (%s)\n", p.Round, plural(len(req.Items), "item"), st.ID, progress(st))
+	fmt.Fprintf(log, "round %d: %s at the signing service as request %s (%s)\n", p.Round, plural(len(req.Items), "item"), st.ID, st.Summary())
 
 	wctx, cancel := ctx, context.CancelFunc(func() {})
 	if s.Timeout > 0 {
@@ -282,72 +281,18 @@ func (s *Service) round(ctx context.Context, dir string, p *PendingRequest, log 
 
 // wait waits for request id, reporting its progress every s.Progress.
 func (s *Service) wait(ctx context.Context, round int, id string, log io.Writer) (*api.Result, error) {
-	every := s.Progress
-	if every <= 0 {
-		every = 15 * time.Second
-	}
 	start := time.Now()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, every)
-		res, err := s.Client.Wait(pctx, id)
-		cancel()
-		if err == nil {
-			return res, nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("round %d: %w after %s (request %s stays submitted; run the build again to keep waiting)",
-				round, ErrStillWaiting, time.Since(start).Round(time.Second), id)
-		}
-		if pctx.Err() == nil {
-			return nil, fmt.Errorf("round %d: waiting for request %s: %w", round, id, err)
-		}
-		st, err := s.Client.Status(ctx, id)
-		if err != nil {
-			if ctx.Err() != nil {
-				continue
-			}
-			return nil, fmt.Errorf("round %d: status of request %s: %w", round, id, err)
-		}
-		fmt.Fprintf(log, "round %d: waiting %s for request %s: %s\n", round, time.Since(start).Round(time.Second), id, progress(st))
+	res, err := s.Client.WaitReporting(ctx, id, s.Progress, func(st *api.Status, waited time.Duration) {
+		fmt.Fprintf(log, "round %d: waiting %s for request %s: %s\n", round, waited.Round(time.Second), id, st.Summary())
+	})
+	if err == nil {
+		return res, nil
 	}
-}
-
-// progress summarizes a request's status on one line.
-func progress(st *api.Status) string {
-	signed := 0
-	for _, it := range st.Items {
-		if it.State == api.StateSigned {
-			signed++
-		}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("round %d: %w after %s (request %s stays submitted; run the build again to keep waiting)",
+			round, ErrStillWaiting, time.Since(start).Round(time.Second), id)
 	}
-	s := fmt.Sprintf("%s, %d/%d items signed", st.State, signed, len(st.Items))
-	// Items whose last signing attempt failed, by error: the service keeps
-	// retrying them, but whoever waits should know why it is slow.
-	failing := map[string][]string{}
-	var errs []string
-	for _, it := range st.Items {
-		if it.Error != "" {
-			if failing[it.Error] == nil {
-				errs = append(errs, it.Error)
-			}
-			failing[it.Error] = append(failing[it.Error], it.ID)
-		}
-	}
-	for _, e := range errs {
-		s += fmt.Sprintf("; %s failing, retried: %s", plural(len(failing[e]), "item"), e)
-	}
-	if len(st.Approvals) > 0 {
-		var need []string
-		for k, n := range st.Approvals {
-			need = append(need, fmt.Sprintf("%s needs %d", k, n))
-		}
-		sort.Strings(need)
-		s += "; approvals: " + strings.Join(need, ", ")
-		if len(st.Approvers) > 0 {
-			s += " (approved by " + strings.Join(st.Approvers, ", ") + ")"
-		}
-	}
-	return s
+	return nil, fmt.Errorf("round %d: waiting for request %s: %w", round, id, err)
 }
 
 // refusal renders the service's reasons on one line, naming each refused

@@ -495,19 +495,3 @@ func TestServiceCertificateChanged(t *testing.T) {
 		t.Fatalf("changed certificate: %v", err)
 	}
 }
-
-// The progress line says which items the service keeps failing on, and
-// why, grouped by error.
-func TestProgressErrors(t *testing.T) {
-	st := &api.Status{State: api.StatePending, Items: []api.ItemStatus{
-		{ID: "a", State: api.StateSigned},
-		{ID: "b", State: api.StatePending, Error: "signing: CKR_DEVICE_ERROR"},
-		{ID: "c", State: api.StatePending, Error: `key "uki" is not configured on this service`},
-		{ID: "d", State: api.StatePending, Error: "signing: CKR_DEVICE_ERROR"},
-		{ID: "e", State: api.StatePending},
-	}}
-	want := `pending, 1/5 items signed; 2 items failing, retried: signing: CKR_DEVICE_ERROR; 1 item failing, retried: key "uki" is not configured on this service`
-	if got := progress(st); got != want {
-		t.Fatalf("progress:\n got %s\nwant %s", got, want)
-	}
-}

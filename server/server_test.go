@@ -651,3 +651,36 @@ func TestWriteEncoded(t *testing.T) {
 		}
 	}
 }
+
+// A waiting client is told, at every interval, what the request waits
+// for; the wait ends with the result once it is signed.
+func TestWaitReporting(t *testing.T) {
+	e := newEnv(t, nil)
+	ci := e.client("ci")
+	ci.LongPoll = 50 * time.Millisecond
+	req, body := newRequest(t, 2, "gated")
+	st, err := ci.Submit(ctxT(t), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reports []string
+	res, err := ci.WaitReporting(ctxT(t), st.ID, 100*time.Millisecond, func(s *api.Status, waited time.Duration) {
+		reports = append(reports, s.Summary())
+		if len(reports) == 1 {
+			for _, who := range []string{"alice", "bob"} {
+				if _, err := e.client(who).Approve(ctxT(t), st.ID); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.VerifyResult(req, res, e.vkey); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) == 0 || !strings.HasPrefix(reports[0], "approval, 0/2 items signed; approvals: gated needs 2") {
+		t.Fatalf("reports while waiting: %q", reports)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -166,7 +167,7 @@ func newSubmitCmd() *cobra.Command {
 			if !wait {
 				return nil
 			}
-			res, err := c.Wait(ctx, st.ID)
+			res, err := c.WaitReporting(ctx, st.ID, 0, reportWait(cmd.ErrOrStderr(), st.ID))
 			if err != nil {
 				return err
 			}
@@ -177,6 +178,13 @@ func newSubmitCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the signatures and write the response")
 	rf.register(cmd.Flags())
 	return cmd
+}
+
+// reportWait is the progress line a waiting verb writes every 15 s.
+func reportWait(w io.Writer, id string) func(*api.Status, time.Duration) {
+	return func(st *api.Status, waited time.Duration) {
+		fmt.Fprintf(w, "waiting %s for request %s: %s\n", waited.Round(time.Second), id, st.Summary())
+	}
 }
 
 func newStatusCmd() *cobra.Command {
@@ -257,7 +265,7 @@ func newFetchCmd() *cobra.Command {
 			}
 			var res *api.Result
 			if wait {
-				res, err = c.Wait(ctx, id)
+				res, err = c.WaitReporting(ctx, id, 0, reportWait(cmd.ErrOrStderr(), id))
 			} else {
 				res, err = c.Fetch(ctx, id)
 			}

@@ -20,6 +20,9 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
 
 	"signet.dev/request"
 	"signet.dev/server/audit"
@@ -43,6 +46,46 @@ type Status struct {
 	// Approvals maps each approval-gated key used by the request to the
 	// number of distinct approvers it needs.
 	Approvals map[string]int `json:"approvals,omitempty"`
+}
+
+// Summary is the status on one line, for whoever waits: the state, how
+// many items are signed, the items the service keeps failing to sign and
+// why (grouped by error), and the approvals still needed.
+func (st *Status) Summary() string {
+	signed := 0
+	failing := map[string][]string{}
+	var errs []string
+	for _, it := range st.Items {
+		if it.State == StateSigned {
+			signed++
+		}
+		if it.Error != "" {
+			if failing[it.Error] == nil {
+				errs = append(errs, it.Error)
+			}
+			failing[it.Error] = append(failing[it.Error], it.ID)
+		}
+	}
+	s := fmt.Sprintf("%s, %d/%d items signed", st.State, signed, len(st.Items))
+	for _, e := range errs {
+		n := "1 item"
+		if k := len(failing[e]); k != 1 {
+			n = fmt.Sprintf("%d items", k)
+		}
+		s += fmt.Sprintf("; %s failing, retried: %s", n, e)
+	}
+	if len(st.Approvals) > 0 {
+		var need []string
+		for k, n := range st.Approvals {
+			need = append(need, fmt.Sprintf("%s needs %d", k, n))
+		}
+		sort.Strings(need)
+		s += "; approvals: " + strings.Join(need, ", ")
+		if len(st.Approvers) > 0 {
+			s += " (approved by " + strings.Join(st.Approvers, ", ") + ")"
+		}
+	}
+	return s
 }
 
 // ItemStatus is one item's state.

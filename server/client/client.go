@@ -264,6 +264,31 @@ func (c *Client) Wait(ctx context.Context, id string) (*api.Result, error) {
 	}
 }
 
+// WaitReporting is Wait, calling report with the request's status and the
+// time waited so far every interval (15s if 0) until it is signed.
+func (c *Client) WaitReporting(ctx context.Context, id string, every time.Duration, report func(st *api.Status, waited time.Duration)) (*api.Result, error) {
+	if every <= 0 {
+		every = 15 * time.Second
+	}
+	start := time.Now()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, every)
+		res, err := c.Wait(pctx, id)
+		cancel()
+		if err == nil || ctx.Err() != nil || pctx.Err() == nil {
+			return res, err
+		}
+		st, err := c.Status(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for request %s: %w", id, ctx.Err())
+			}
+			return nil, err
+		}
+		report(st, time.Since(start))
+	}
+}
+
 func isTransient(err error) bool {
 	var e *Error
 	return !errors.As(err, &e) // transport errors: connection refused while a node restarts
