@@ -154,16 +154,28 @@ func lastLine(b []byte) string {
 	return lines[len(lines)-1]
 }
 
+// open opens an output for reading with its size, recording why not.
+func (v *verifier) open(name string) (*os.File, int64, bool) {
+	f, err := os.Open(v.path(name))
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			return f, fi.Size(), true
+		}
+		f.Close()
+	}
+	v.add(name, "signet", "read", err)
+	return nil, 0, false
+}
+
 func (v *verifier) uki(o Output, sb, pcr *x509.Certificate) {
-	f, err := os.Open(v.path(o.File))
-	if err != nil {
-		v.add(o.File, "signet", "read", err)
+	f, size, ok := v.open(o.File)
+	if !ok {
 		return
 	}
 	defer f.Close()
-	fi, _ := f.Stat()
 	if sb != nil {
-		pe, err := authenticode.Parse(f, fi.Size())
+		pe, err := authenticode.Parse(f, size)
 		if err == nil {
 			_, err = authenticode.Verify(pe, []*x509.Certificate{sb})
 		}
@@ -175,8 +187,8 @@ func (v *verifier) uki(o Output, sb, pcr *x509.Certificate) {
 	if pcr == nil {
 		return
 	}
-	err = func() error {
-		u, err := uki.Parse(f, fi.Size())
+	err := func() error {
+		u, err := uki.Parse(f, size)
 		if err != nil {
 			return err
 		}
@@ -260,14 +272,12 @@ func pemPublicKey(c *x509.Certificate) []byte {
 }
 
 func (v *verifier) image(o Output, cert *x509.Certificate) {
-	f, err := os.Open(v.path(o.File))
-	if err != nil {
-		v.add(o.File, "signet", "read", err)
+	f, size, ok := v.open(o.File)
+	if !ok {
 		return
 	}
 	defer f.Close()
-	fi, _ := f.Stat()
-	t, err := image.Read(f, fi.Size())
+	t, err := image.Read(f, size)
 	if err != nil {
 		v.add(o.File, "signet", "GPT", err)
 		return

@@ -462,6 +462,13 @@ func TestExampleConfig(t *testing.T) {
 	if _, err := LoadConfig(bad); err == nil || !strings.Contains(err.Error(), `unknown setting "limits.max_itmes"`) {
 		t.Fatalf("typo: %v", err)
 	}
+	// A negative interval is refused when read (a ticker of one would panic).
+	for _, k := range []string{"lease", "poll", "retry", "shutdown_timeout"} {
+		_, err := ParseConfig([]byte("listen = \"127.0.0.1:1\"\naudit_key = \"k\"\n"+k+" = \"-1s\"\n"), t.TempDir())
+		if err == nil || !strings.Contains(err.Error(), "duration -1s: must be positive") {
+			t.Errorf("%s = -1s: %v", k, err)
+		}
+	}
 }
 
 // Stop finishes the batches in flight: afterwards every item is either

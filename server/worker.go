@@ -70,6 +70,16 @@ func (s *Server) claimer(work chan<- store.Claim, more *atomic.Bool) {
 	defer close(work)
 	poll := time.NewTicker(s.cfg.Poll.Duration)
 	defer poll.Stop()
+	// idle waits for a wake-up or the next poll; false once stopping.
+	idle := func() bool {
+		select {
+		case <-s.stop:
+			return false
+		case <-s.kick:
+		case <-poll.C:
+		}
+		return true
+	}
 	for {
 		select {
 		case <-s.stop:
@@ -82,11 +92,8 @@ func (s *Server) claimer(work chan<- store.Claim, more *atomic.Bool) {
 		// the last claim left items queued; submissions wake it too.
 		room := cap(work) - len(work)
 		if room < cap(work)/2 {
-			select {
-			case <-s.stop:
+			if !idle() {
 				return
-			case <-s.kick:
-			case <-poll.C:
 			}
 			continue
 		}
@@ -96,11 +103,8 @@ func (s *Server) claimer(work chan<- store.Claim, more *atomic.Bool) {
 		}
 		more.Store(len(claims) == room)
 		if len(claims) == 0 {
-			select {
-			case <-s.stop:
+			if !idle() {
 				return
-			case <-s.kick:
-			case <-poll.C:
 			}
 			continue
 		}

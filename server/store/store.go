@@ -757,11 +757,17 @@ func (s *Store) readHashes(ctx context.Context, tx *txn, idx []int64) ([]tlog.Ha
 	if err != nil {
 		return nil, err
 	}
+	return pick(got, idx, "missing")
+}
+
+// pick returns the hashes of idx from m, in order; a hash not in m is an
+// error ("audit hash N <why>").
+func pick(m map[int64]tlog.Hash, idx []int64, why string) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(idx))
 	for i, x := range idx {
-		h, ok := got[x]
+		h, ok := m[x]
 		if !ok {
-			return nil, fmt.Errorf("audit hash %d missing", x)
+			return nil, fmt.Errorf("audit hash %d %s", x, why)
 		}
 		out[i] = h
 	}
@@ -874,17 +880,7 @@ func (s *Store) Prove(ctx context.Context, t int64, ns ...int64) ([]tlog.RecordP
 			known[x] = got[k]
 		}
 	}
-	fromKnown := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
-		out := make([]tlog.Hash, len(idx))
-		for i, x := range idx {
-			h, ok := known[x]
-			if !ok {
-				return nil, fmt.Errorf("audit hash %d not read", x)
-			}
-			out[i] = h
-		}
-		return out, nil
-	})
+	fromKnown := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) { return pick(known, idx, "not read") })
 	out := make([]tlog.RecordProof, len(ns))
 	for i, n := range ns {
 		p, err := tlog.ProveRecord(t, n, fromKnown)
