@@ -110,7 +110,7 @@ func FuzzParse(f *testing.F) {
 }
 
 // A signed policy is what openssl makes and accepts, and openssl gives back
-// the exact policy text.
+// the policy's canonical text (comments and blank lines are not signed).
 func TestSignedPolicyJudgedByOpenSSL(t *testing.T) {
 	dir := t.TempDir()
 	pp := filepath.Join(dir, "policy.txt")
@@ -129,11 +129,15 @@ func TestSignedPolicyJudgedByOpenSSL(t *testing.T) {
 		os.WriteFile(sp, p7b, 0o644)
 		out := testenv.Run(t, "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", sp, "-CAfile", k.CertPath, "-out", filepath.Join(dir, "out.txt"))
 		got, _ := os.ReadFile(filepath.Join(dir, "out.txt"))
-		if !bytes.Equal(got, []byte(goodPolicy)) {
+		canon := []byte(p.Policy.String())
+		if bytes.Equal(canon, []byte(goodPolicy)) || bytes.Contains(canon, []byte("#")) {
+			t.Fatalf("canonical text keeps the comments:\n%s", canon)
+		}
+		if !bytes.Equal(got, canon) {
 			t.Fatalf("openssl's embedded content differs from the policy (%s)", out)
 		}
 		text, pol, err := Verify(p7b, k.Cert)
-		if err != nil || !bytes.Equal(text, []byte(goodPolicy)) || pol.Name != "Allow_Verified" {
+		if err != nil || !bytes.Equal(text, canon) || pol.Name != "Allow_Verified" {
 			t.Fatalf("Verify: %v", err)
 		}
 		other := testkeys.Generate(t, testkeys.RSA3072)
@@ -143,12 +147,14 @@ func TestSignedPolicyJudgedByOpenSSL(t *testing.T) {
 		if kind != testkeys.RSA2048 {
 			continue
 		}
+		cp := filepath.Join(dir, "canonical.txt")
+		os.WriteFile(cp, canon, 0o644)
 		want := testenv.Run(t, "openssl", "smime", "-sign", "-nodetach", "-noattr", "-binary", "-outform", "DER",
-			"-signer", k.CertPath, "-inkey", k.KeyPath, "-in", pp)
+			"-signer", k.CertPath, "-inkey", k.KeyPath, "-in", cp)
 		if !bytes.Equal(p7b, want) {
 			t.Fatal("RSA .p7b differs from openssl smime -sign -nodetach -noattr -binary")
 		}
-		raw := testenv.Run(t, "openssl", "dgst", "-sha256", "-sign", k.KeyPath, pp)
+		raw := testenv.Run(t, "openssl", "dgst", "-sha256", "-sign", k.KeyPath, cp)
 		if joined, err := p.Join(raw); err != nil || !bytes.Equal(joined, p7b) {
 			t.Fatalf("offline join differs from online signing (%v)", err)
 		}

@@ -12,7 +12,10 @@ import (
 
 // Prepared is a policy ready to be signed.
 type Prepared struct {
-	// TBS is the policy text: what keys.Sign(signer, Hash, TBS) signs.
+	// TBS is the policy's canonical text (Policy.String: no comments,
+	// blank lines or extra spaces): what keys.Sign(signer, Hash, TBS)
+	// signs and the kernel loads. Only the canonical text is signed, so
+	// that no byte of a signed policy is one the kernel's parser skips.
 	TBS  []byte
 	Hash crypto.Hash
 	// Policy is the parsed policy, for a signer to check what it signs
@@ -22,7 +25,8 @@ type Prepared struct {
 }
 
 // Prepare parses text (refusing a policy the kernel would refuse) and
-// prepares its signature by the key of cert, SHA-256.
+// prepares the signature of its canonical text by the key of cert,
+// SHA-256.
 func Prepare(text []byte, cert *x509.Certificate) (*Prepared, error) {
 	pol, err := Parse(text)
 	if err != nil {
@@ -31,7 +35,7 @@ func Prepare(text []byte, cert *x509.Certificate) (*Prepared, error) {
 	if _, err := cms.SignatureAlgorithmFor(cert.PublicKey, crypto.SHA256); err != nil {
 		return nil, err
 	}
-	return &Prepared{TBS: text, Hash: crypto.SHA256, Policy: pol, cert: cert}, nil
+	return &Prepared{TBS: []byte(pol.String()), Hash: crypto.SHA256, Policy: pol, cert: cert}, nil
 }
 
 // Join verifies sig, a raw signature of p.TBS by the certificate's key,

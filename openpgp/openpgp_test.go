@@ -258,3 +258,58 @@ func TestVerifyGPGMadeSignature(t *testing.T) {
 		}
 	}
 }
+
+// TestTrailerRebuild checks that the trailer Marshal writes is the one
+// PrepareDetached signs, and that ParseTrailer reads it back.
+func TestTrailerRebuild(t *testing.T) {
+	for _, name := range []string{"rsa", "p256", "p384"} {
+		key := trailerTestKey(t, name)
+		created := time.Unix(1700000000, 0).UTC()
+		doc := []byte("0000000000000000000000000000000000000000000000000000000000000000 *a\n")
+		p, err := PrepareDetached(key, doc, created)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotDoc, tr, err := ParseTrailer(p.TBS)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(gotDoc, doc) || !tr.Created.Equal(created) || tr.Fingerprint != key.Fingerprint() || tr.Hash != key.Hash() || tr.PubKeyAlgo != key.Algorithm() {
+			t.Fatalf("%s: parsed %+v", name, tr)
+		}
+		again, _ := tr.Marshal()
+		if !bytes.Equal(append(append([]byte{}, doc...), again...), p.TBS) {
+			t.Fatalf("%s: rebuilt trailer differs", name)
+		}
+		// One more hashed subpacket (a notation, say) is not signet's.
+		bad := append([]byte{}, p.TBS...)
+		bad[len(bad)-trailerLen+5]++
+		if _, _, err := ParseTrailer(bad); err == nil {
+			t.Fatalf("%s: altered subpacket length accepted", name)
+		}
+	}
+}
+
+func FuzzParseTrailer(f *testing.F) {
+	f.Add(make([]byte, trailerLen))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		doc, tr, err := ParseTrailer(b)
+		if err != nil {
+			return
+		}
+		again, err := tr.Marshal()
+		if err != nil || !bytes.Equal(append(append([]byte{}, doc...), again...), b) {
+			t.Fatalf("accepted trailer does not rebuild: %x", b)
+		}
+	})
+}
+
+func trailerTestKey(t *testing.T, name string) *Key {
+	kind := map[string]testkeys.Kind{"rsa": testkeys.RSA2048, "p256": testkeys.P256, "p384": testkeys.P384}[name]
+	k := testkeys.Generate(t, kind)
+	key, err := NewKey(k.Signer.Public(), keyTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}

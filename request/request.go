@@ -51,6 +51,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // Format strings of the two documents.
@@ -302,6 +303,9 @@ func (r *Request) Validate() error {
 	if r.Round < 0 {
 		return fmt.Errorf("request: %w", invalid("round %d is negative", r.Round))
 	}
+	if err := ValidText(r.Build); err != nil {
+		return fmt.Errorf("request: %w", invalid("build %q: %v", r.Build, err))
+	}
 	seen := map[string]bool{}
 	for i := range r.Items {
 		it := &r.Items[i]
@@ -373,6 +377,9 @@ func (it *Item) Validate() error {
 			err = checkName("manifest.file", it.Manifest.File)
 			for _, e := range it.Manifest.Entries {
 				if err == nil {
+					err = checkName("manifest entry name", e.Name)
+				}
+				if err == nil {
 					err = checkHex("manifest entry "+e.Name, e.SHA256, 32)
 				}
 			}
@@ -383,6 +390,12 @@ func (it *Item) Validate() error {
 			err = checkName("ipe.file", it.IPE.File)
 			if err == nil && (it.IPE.Name == "" || it.IPE.Version == "") {
 				err = invalid("ipe: name and version are required")
+			}
+			if err == nil {
+				err = checkName("ipe.name", it.IPE.Name)
+			}
+			if err == nil {
+				err = checkName("ipe.version", it.IPE.Version)
 			}
 		}
 	default:
@@ -441,9 +454,29 @@ func checkName(field, s string) error {
 	if s == "" {
 		return invalid("%s is empty", field)
 	}
-	for _, r := range s {
-		if r < ' ' || r == 0x7f {
-			return invalid("%s %q: control character", field, s)
+	if err := ValidText(s); err != nil {
+		return invalid("%s %q: %v", field, s, err)
+	}
+	return nil
+}
+
+// ValidText accepts a string that is shown to the people who review and
+// approve a request: valid UTF-8 without control characters (C0, DEL, C1)
+// and without the invisible formatting characters that make text read
+// differently from what it is (bidirectional overrides, embeddings and
+// isolates, zero-width characters, the byte order mark).
+func ValidText(s string) error {
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	for i, r := range s {
+		switch {
+		case r < ' ', r == 0x7f, r >= 0x80 && r <= 0x9f:
+			return fmt.Errorf("control character %U at byte %d", r, i)
+		case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f, r == 0x061c:
+			return fmt.Errorf("bidirectional formatting character %U at byte %d", r, i)
+		case r >= 0x200b && r <= 0x200d, r == 0x2060, r == 0xfeff, r == 0x00ad:
+			return fmt.Errorf("invisible character %U at byte %d", r, i)
 		}
 	}
 	return nil

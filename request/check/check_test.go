@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -11,10 +12,13 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"signet.dev/authenticode"
 	"signet.dev/cms"
 	"signet.dev/internal/testenv"
 	"signet.dev/internal/testkeys"
+	"signet.dev/openpgp"
 	"signet.dev/request"
 )
 
@@ -84,31 +88,35 @@ func TestPolicyPCRBanks(t *testing.T) {
 	}
 }
 
-// TestAuthenticode takes real signed attributes from osslsigncode's
-// signature on a kernel, with the PE digest pesign computes.
+// TestAuthenticode checks an item made by package authenticode for a real
+// kernel, with the PE digest pesign computes, and refuses what other tools
+// compose (osslsigncode's attributes) and the hidden-payload forgery:
+// an SpcIndirectDataContent that shows one digest to a DER reader and
+// ends in another, the one EDK2 compares with the image.
 func TestAuthenticode(t *testing.T) {
 	k := testkeys.Generate(t, testkeys.RSA2048)
 	dir := t.TempDir()
-	signed := filepath.Join(dir, "signed.efi")
-	testenv.Run(t, "osslsigncode", "sign", "-certs", k.CertPath, "-key", k.KeyPath, "-h", "sha256", "-in", "/var/cache/signet-test/vmlinuz", "-out", signed)
-	sigPath := filepath.Join(dir, "sig.der")
-	testenv.Run(t, "osslsigncode", "extract-signature", "-in", signed, "-out", sigPath)
-	der, _ := os.ReadFile(sigPath)
-	sd, err := cms.Parse(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := testenv.Run(t, "pesign", "-h", "-i", signed)
+	out := testenv.Run(t, "pesign", "-h", "-i", "/var/cache/signet-test/vmlinuz")
 	m := regexp.MustCompile(`([0-9a-f]{64})`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("pesign -h: %s", out)
 	}
+	digest, _ := hex.DecodeString(string(m[1]))
+	prep, err := authenticode.PrepareDigest(digest, time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spc, _ := authenticode.SpcIndirectDataContent(authenticode.Hash, digest)
 	it := &request.Item{ID: "ukis/vmlinuz", Kind: request.KindAuthenticode, Key: "db", Hash: "sha256",
-		TBS:          sd.Signers[0].SignedAttributes,
-		Authenticode: &request.AuthenticodeContext{File: "vmlinuz", Digest: string(m[1]), SpcIndirectData: sd.Content}}
+		TBS:          prep.SignedAttributes,
+		Authenticode: &request.AuthenticodeContext{File: "vmlinuz", Digest: string(m[1]), SpcIndirectData: spc}}
 	if err := Item(it); err != nil {
 		t.Fatal(err)
 	}
+	if got := edk2Digest(t, spc); !bytes.Equal(got, digest) {
+		t.Fatalf("EDK2 would compare %x, the item shows %x", got, digest)
+	}
+
 	bad := *it
 	ac := *it.Authenticode
 	ac.Digest = strings.Repeat("0", 64)
@@ -130,6 +138,113 @@ func TestAuthenticode(t *testing.T) {
 	bad = *it
 	bad.TBS = []byte("not DER")
 	refused(t, "not DER", &bad)
+	bad = *it
+	bad.Hash = "sha384"
+	refused(t, "sha384", &bad)
+
+	// The hidden payload: a trailing element after messageDigest carrying
+	// the digest of another image. A lenient DER reader sees the good
+	// digest; EDK2 takes the last 32 bytes.
+	evil := sha256.Sum256([]byte("another image"))
+	forged := hiddenPayload(t, spc, evil[:])
+	if got := edk2Digest(t, forged); !bytes.Equal(got, evil[:]) {
+		t.Fatalf("forgery does not carry the other digest where EDK2 looks: %x", got)
+	}
+	octets := forged[3:]
+	md := sha256.Sum256(octets)
+	fattrs, _ := cms.ParseAttributes(it.TBS)
+	for i := range fattrs {
+		if fattrs[i].Type.Equal(cms.OIDMessageDigest) {
+			fattrs[i].Values = append([]byte{0x04, 0x20}, md[:]...)
+		}
+	}
+	bad = *it
+	bad.TBS, _ = cms.MarshalAttributes(fattrs)
+	fac := *it.Authenticode
+	fac.SpcIndirectData = forged
+	bad.Authenticode = &fac
+	err = Item(&bad)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "spcIndirectData is not the canonical SpcIndirectDataContent") {
+		t.Fatalf("hidden payload: %v", err)
+	}
+
+	// osslsigncode's own attributes (SpcSpOpusInfo, no SMIMECapabilities)
+	// over its own SpcIndirectDataContent: valid Authenticode, but not the
+	// canonical bytes, so not signed.
+	signed := filepath.Join(dir, "signed.efi")
+	testenv.Run(t, "osslsigncode", "sign", "-certs", k.CertPath, "-key", k.KeyPath, "-h", "sha256", "-in", "/var/cache/signet-test/vmlinuz", "-out", signed)
+	sigPath := filepath.Join(dir, "sig.der")
+	testenv.Run(t, "osslsigncode", "extract-signature", "-in", signed, "-out", sigPath)
+	der, _ := os.ReadFile(sigPath)
+	sd, err := cms.Parse(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad = *it
+	bad.TBS = sd.Signers[0].SignedAttributes
+	oac := *it.Authenticode
+	oac.SpcIndirectData = sd.Content
+	bad.Authenticode = &oac
+	refused(t, "osslsigncode's composition", &bad)
+}
+
+// edk2Digest applies EDK2's rule (AuthenticodeVerify in
+// CryptoPkg/Library/BaseCryptLib/Pk/CryptAuthenticode.c): skip the
+// SpcIndirectDataContent SEQUENCE's tag and length, and compare the LAST
+// hash-size bytes of its contents with the image digest.
+func edk2Digest(t testing.TB, spc []byte) []byte {
+	t.Helper()
+	if len(spc) < 2 || spc[0] != 0x30 {
+		t.Fatalf("not a SEQUENCE: %x", spc)
+	}
+	var size, hdr int
+	if spc[1]&0x80 == 0 {
+		size, hdr = int(spc[1]), 2
+	} else {
+		n := int(spc[1] & 0x7f)
+		for i := 0; i < n; i++ {
+			size = size<<8 | int(spc[2+i])
+		}
+		hdr = 2 + n
+	}
+	if hdr+size > len(spc) || size < 32 {
+		t.Fatalf("bad length in %x", spc)
+	}
+	return spc[hdr+size-32 : hdr+size]
+}
+
+// hiddenPayload appends to spc's SEQUENCE an OCTET STRING holding digest.
+func hiddenPayload(t testing.TB, spc, digest []byte) []byte {
+	t.Helper()
+	if spc[1]&0x80 != 0 {
+		t.Fatal("test assumes a short-form length")
+	}
+	content := append(append([]byte{}, spc[2:]...), append([]byte{0x04, byte(len(digest))}, digest...)...)
+	if len(content) > 0xff {
+		t.Fatal("test assumes a length below 256")
+	}
+	return append([]byte{0x30, 0x81, byte(len(content))}, content...)
+}
+
+// FuzzAuthenticodeEDK2 is the differential check: whatever Authenticode
+// item the check accepts, the digest EDK2 compares with the image is the
+// digest the item shows.
+func FuzzAuthenticodeEDK2(f *testing.F) {
+	d := sha256.Sum256([]byte("x"))
+	spc, _ := authenticode.SpcIndirectDataContent(authenticode.Hash, d[:])
+	prep, _ := authenticode.PrepareDigest(d[:], time.Unix(1700000000, 0))
+	f.Add(spc, prep.SignedAttributes)
+	f.Add(hiddenPayload(f, spc, make([]byte, 32)), prep.SignedAttributes)
+	f.Fuzz(func(t *testing.T, spc, tbs []byte) {
+		it := &request.Item{ID: "a", Kind: request.KindAuthenticode, Key: "k", Hash: "sha256", TBS: tbs,
+			Authenticode: &request.AuthenticodeContext{File: "f", Digest: hex.EncodeToString(d[:]), SpcIndirectData: spc}}
+		if Item(it) != nil {
+			return
+		}
+		if got := edk2Digest(t, spc); !bytes.Equal(got, d[:]) {
+			t.Fatalf("accepted an item whose EDK2 digest is %x, not %x", got, d)
+		}
+	})
 }
 
 func TestVerity(t *testing.T) {
@@ -146,9 +261,19 @@ func TestVerity(t *testing.T) {
 	refused(t, "upper case", &bad)
 }
 
-// pgpTrailer builds what gpg hashes after the document for a v4 binary
-// signature with a creation-time subpacket.
-func pgpTrailer(hashAlgo byte) []byte {
+// pgpTrailer is the trailer signet writes for an RSA key with hash h.
+func pgpTrailer(h crypto.Hash) []byte {
+	tr := &openpgp.Trailer{PubKeyAlgo: openpgp.PubKeyAlgoRSA, Hash: h, Created: time.Unix(1700000000, 0), Fingerprint: [20]byte{1, 2, 3}}
+	b, err := tr.Marshal()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// gpgTrailer is what gpg hashes for a v4 binary signature with only a
+// creation-time subpacket: valid OpenPGP, but not the trailer signet signs.
+func gpgTrailer(hashAlgo byte) []byte {
 	sub := []byte{5, 2, 0x65, 0x5e, 0x3b, 0x00}
 	t := []byte{4, 0x00, 1, hashAlgo, 0, byte(len(sub))}
 	t = append(t, sub...)
@@ -170,13 +295,20 @@ func TestManifest(t *testing.T) {
 	if err := Item(it); err != nil {
 		t.Fatal(err)
 	}
-	pgp := &request.Item{ID: "manifests/SHA256SUMS.gpg", Kind: request.KindManifestOpenPGP, Key: "m", Hash: "sha512", TBS: append(append([]byte{}, sums...), pgpTrailer(10)...), Manifest: ctx}
+	pgp := &request.Item{ID: "manifests/SHA256SUMS.gpg", Kind: request.KindManifestOpenPGP, Key: "m", Hash: "sha512", TBS: append(append([]byte{}, sums...), pgpTrailer(crypto.SHA512)...), Manifest: ctx}
 	if err := Item(pgp); err != nil {
 		t.Fatal(err)
 	}
 	bad := *pgp
-	bad.TBS = append(append([]byte{}, sums...), pgpTrailer(8)...)
+	bad.TBS = append(append([]byte{}, sums...), pgpTrailer(crypto.SHA256)...)
 	refused(t, "trailer hash", &bad)
+	bad.TBS = append(append([]byte{}, sums...), gpgTrailer(10)...)
+	refused(t, "foreign trailer", &bad)
+	// A notation subpacket (client-chosen bytes) inside the hashed area.
+	notation := append(append([]byte{}, sums...), pgpTrailer(crypto.SHA512)...)
+	notation = append(notation[:len(notation)-6], []byte{9, 20, 0, 0, 0, 0, 'x', 'y', 'z', 'w'}...)
+	bad.TBS = notation
+	refused(t, "extra subpacket", &bad)
 	bad.TBS = sums
 	refused(t, "no trailer", &bad)
 	bad = *it
@@ -189,7 +321,7 @@ func TestManifest(t *testing.T) {
 }
 
 func TestIPE(t *testing.T) {
-	pol := "policy_name=signet policy_version=0.1.0 # header\n\nDEFAULT action=DENY\nop=EXECUTE dmverity_signature=TRUE action=ALLOW\n"
+	pol := "policy_name=signet policy_version=0.1.0\nDEFAULT action=DENY\nop=EXECUTE dmverity_signature=TRUE action=ALLOW\n"
 	it := &request.Item{ID: "ipe/signet.policy", Kind: request.KindIPEPolicy, Key: "ipe", Hash: "sha256", TBS: []byte(pol),
 		IPE: &request.IPEContext{File: "signet.policy", Name: "signet", Version: "0.1.0"}}
 	if err := Item(it); err != nil {
@@ -201,6 +333,13 @@ func TestIPE(t *testing.T) {
 		"action":   pol + "op=EXECUTE action=MAYBE\n",
 		"noaction": pol + "op=EXECUTE\n",
 		"header":   "DEFAULT action=DENY\n",
+		// What the kernel's parser skips is refused: it is where chosen
+		// bytes would hide.
+		"comment":      strings.Replace(pol, "0.1.0\n", "0.1.0 # \x01\x02 chosen bytes\n", 1),
+		"trailing":     pol + "#\x30\x82\x01\x00",
+		"blank line":   pol + "\n",
+		"double space": strings.Replace(pol, "DEFAULT action", "DEFAULT  action", 1),
+		"no final LF":  strings.TrimSuffix(pol, "\n"),
 	} {
 		bad := *it
 		bad.TBS = []byte(p)
@@ -210,7 +349,7 @@ func TestIPE(t *testing.T) {
 
 func FuzzItem(f *testing.F) {
 	f.Add([]byte("policy_name=a policy_version=1.2.3\nDEFAULT action=ALLOW\n"), uint8(0))
-	f.Add(append([]byte(strings.Repeat("a", 64)+" *x\n"), pgpTrailer(8)...), uint8(1))
+	f.Add(append([]byte(strings.Repeat("a", 64)+" *x\n"), pgpTrailer(crypto.SHA256)...), uint8(1))
 	f.Add([]byte{0x31, 0x03, 0x30, 0x01, 0x00}, uint8(2))
 	f.Fuzz(func(t *testing.T, tbs []byte, which uint8) {
 		items := []*request.Item{

@@ -5,8 +5,11 @@ import (
 	"signet.dev/request"
 )
 
-// IPEPolicy checks that the TBS is an IPE policy the kernel's parser
-// accepts (package ipe) with the context's name and version.
+// IPEPolicy checks an IPE item by rebuilding it: the TBS must parse as a
+// policy the kernel's parser accepts (package ipe) with the context's name
+// and version, and be exactly that policy's canonical text. Comments,
+// blank lines and odd spacing are refused: the kernel's parser skips them,
+// so they could carry bytes nobody reviewed.
 func IPEPolicy(it *request.Item) error {
 	p, err := ipe.Parse(it.TBS)
 	if err != nil {
@@ -14,6 +17,9 @@ func IPEPolicy(it *request.Item) error {
 	}
 	if p.Name != it.IPE.Name || p.Version.String() != it.IPE.Version {
 		return refuse("IPE policy is %s %s, the context says %s %s", p.Name, p.Version, it.IPE.Name, it.IPE.Version)
+	}
+	if canon := []byte(p.String()); string(it.TBS) != string(canon) {
+		return refuse("tbs is not the canonical text of IPE policy %s %s (no comments, blank lines or extra spaces): %s", p.Name, p.Version, firstDiff(it.TBS, canon))
 	}
 	return nil
 }
