@@ -75,9 +75,13 @@ type KeyConfig struct {
 	PrivateKey       string   `toml:"private_key"`        // PEM file or pkcs11: URI
 	PrivateKeySource string   `toml:"private_key_source"` // "file" or "provider:pkcs11"
 	Certificate      string   `toml:"certificate"`        // PEM/DER file (chain after it) or pkcs11: URI
-	Kinds            []string `toml:"kinds"`              // item kinds this key may sign
-	Approvals        int      `toml:"approvals"`          // distinct approvers needed before signing (0: none)
-	Workers          int      `toml:"workers"`            // concurrent signatures (token sessions); default 2×CPUs
+	Kinds            []string `toml:"kinds"`              // item kinds this key may sign (one family: see request.CheckKeyKinds)
+	// SharedKinds, to let one key sign kinds of different families,
+	// must list exactly the kinds that cross families: cross-protocol
+	// signatures are then accepted knowingly (docs/server.md).
+	SharedKinds []string `toml:"shared_kinds"`
+	Approvals   int      `toml:"approvals"` // distinct approvers needed before signing (0: none)
+	Workers     int      `toml:"workers"`   // concurrent signatures (token sessions); default 2×CPUs
 }
 
 // ClientConfig is an identity and what it may do. A client authenticates
@@ -240,10 +244,21 @@ func (c *Config) Check() error {
 		if len(k.Kinds) == 0 {
 			return fmt.Errorf("key %q: no kinds: name the item kinds it may sign", k.Name)
 		}
+		var kinds, shared []request.Kind
 		for _, kind := range k.Kinds {
 			if !knownKind(kind) {
 				return fmt.Errorf("key %q: unknown kind %q", k.Name, kind)
 			}
+			kinds = append(kinds, request.Kind(kind))
+		}
+		for _, kind := range k.SharedKinds {
+			if !slices.Contains(k.Kinds, kind) {
+				return fmt.Errorf("key %q: shared kind %q is not one of its kinds", k.Name, kind)
+			}
+			shared = append(shared, request.Kind(kind))
+		}
+		if err := request.CheckKeyKinds(kinds, shared); err != nil {
+			return fmt.Errorf("key %q: %w", k.Name, err)
 		}
 		if k.Approvals < 0 {
 			return fmt.Errorf("key %q: approvals %d is negative", k.Name, k.Approvals)

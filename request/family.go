@@ -1,0 +1,75 @@
+package request
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// A key serves one family of kinds. Kinds of one family may share a key
+// because no TBS of one kind is also a valid TBS of another once each is
+// checked canonically (package check); kinds of different families must
+// not, because their signatures travel in containers whose verifiers
+// accept what another kind's signer produces:
+//
+//   - "secure-boot": authenticode. Firmware accepts a PKCS#7 SignerInfo
+//     without signed attributes over the SHA-256 of its content, so any
+//     attribute-less PKCS#7 signer with a db key signs EFI binaries.
+//   - "tpm-policy": pcr-policy. A TPM's PolicyAuthorize takes a raw
+//     signature over H(approvedPolicy ‖ policyRef) for any policyRef.
+//   - "content": verity-roothash, ipe-policy, manifest-pkcs7. Attribute-less
+//     PKCS#7 over the content itself; a lowercase hex root hash, canonical
+//     IPE policy text and a SHA256SUMS file are disjoint languages (no byte
+//     string is two of them), which is what lets them share the kernel's
+//     keyring key.
+//   - "openpgp": manifest-openpgp. An OpenPGP signature over the document
+//     and signet's fixed trailer.
+var families = map[Kind]string{
+	KindAuthenticode:    "secure-boot",
+	KindPCRPolicy:       "tpm-policy",
+	KindVerityRootHash:  "content",
+	KindIPEPolicy:       "content",
+	KindManifestPKCS7:   "content",
+	KindManifestOpenPGP: "openpgp",
+}
+
+// Family returns the family of kind k ("" for an unknown kind).
+func Family(k Kind) string { return families[k] }
+
+// CheckKeyKinds accepts the kinds one key may sign when they are all of
+// one family, or when shared names exactly the kinds that cross families:
+// an explicit, reviewed decision to accept cross-protocol signatures.
+func CheckKeyKinds(kinds []Kind, shared []Kind) error {
+	fams := map[string][]Kind{}
+	for _, k := range kinds {
+		f := Family(k)
+		if f == "" {
+			return fmt.Errorf("unknown kind %q", k)
+		}
+		if !slices.Contains(fams[f], k) {
+			fams[f] = append(fams[f], k)
+		}
+	}
+	if len(fams) <= 1 {
+		if len(shared) > 0 {
+			return fmt.Errorf("shared kinds %v given, but the kinds %v are of one family", shared, kinds)
+		}
+		return nil
+	}
+	var crossing []Kind
+	var names []string
+	for f, ks := range fams {
+		crossing = append(crossing, ks...)
+		names = append(names, f)
+	}
+	slices.Sort(crossing)
+	slices.Sort(names)
+	s := slices.Clone(shared)
+	slices.Sort(s)
+	s = slices.Compact(s)
+	if !slices.Equal(s, crossing) {
+		return fmt.Errorf("kinds %v span the families %s: a signature of one would verify as another (cross-protocol); "+
+			"give each family its own key, or list exactly these kinds as shared to accept that", crossing, strings.Join(names, ", "))
+	}
+	return nil
+}
