@@ -54,7 +54,12 @@ func Summarize(w io.Writer, r *Request) error {
 				p("    %s  %s\n", e.SHA256, e.Name)
 			}
 		case it.IPE != nil:
-			p("  IPE policy %s, name %s, version %s\n", it.IPE.File, it.IPE.Name, it.IPE.Version)
+			p("  IPE policy %s, name %s, version %s, in full:\n", it.IPE.File, it.IPE.Name, it.IPE.Version)
+			for _, l := range strings.SplitAfter(string(it.TBS), "\n") {
+				if l != "" {
+					p("    %s", strings.TrimSuffix(l, "\n")+"\n")
+				}
+			}
 		}
 	}
 	return nil

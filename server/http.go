@@ -41,6 +41,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/requests/{id}", s.status)
 	route("GET /v1/requests/{id}/response", s.response)
 	route("POST /v1/requests/{id}/approve", s.approve)
+	route("GET /v1/requests/{id}/document", s.requestDocument)
+	route("POST /v1/requests/{id}/reject", s.reject)
+	route("POST /v1/requests/{id}/cancel", s.cancel)
 	route("GET /v1/keys", s.listKeys)
 	route("GET /v1/audit/checkpoint", s.checkpoint)
 	route("GET /v1/audit/key", s.auditKey)
@@ -244,7 +247,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 
 	now := time.Now().UTC()
-	sr := &store.Request{ID: reqID, Client: id.name, Body: body, Created: now}
+	sr := &store.Request{ID: reqID, Client: id.name, Body: body, Created: now, Binding: s.bind.request(reqID, id.name)}
 	for i, it := range req.Items {
 		state := store.StatePending
 		if s.keys[it.Key].cfg.Approvals > 0 {
@@ -285,10 +288,14 @@ func (s *Server) statusOf(r *store.Request) *api.Status {
 	for _, it := range r.Items {
 		st.Items = append(st.Items, api.ItemStatus{ID: it.ID, Key: it.Key, Kind: it.Kind, State: it.State, Error: it.Error})
 		switch it.State {
+		case store.StateRefused:
+			st.State = api.StateRefused
 		case store.StateApproval:
-			st.State = api.StateApproval
+			if st.State != api.StateRefused {
+				st.State = api.StateApproval
+			}
 		case store.StatePending:
-			if st.State != api.StateApproval {
+			if st.State != api.StateApproval && st.State != api.StateRefused {
 				st.State = api.StatePending
 			}
 		}
@@ -377,6 +384,10 @@ func (s *Server) response(w http.ResponseWriter, r *http.Request, id *identity) 
 		st := s.statusOf(sr)
 		if st.State == api.StateSigned {
 			break
+		}
+		if st.State == api.StateRefused {
+			writeError(w, http.StatusGone, fmt.Sprintf("request %s will not be signed: %s", sr.ID, st.Summary()), nil)
+			return
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -516,7 +527,7 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {
 		return
 	}
 	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeApprove, Client: id.name, Request: sr.ID}
-	_, err := s.store.Approve(r.Context(), sr.ID, id.name, e, func(cur *store.Request) []int {
+	_, err := s.store.Approve(r.Context(), sr.ID, id.name, s.bind.approval(sr.ID, id.name), e, func(cur *store.Request) []int {
 		var release []int
 		for _, it := range cur.Items {
 			k := s.keys[it.Key]
@@ -541,6 +552,109 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {
 		return
 	}
 	s.wake()
+	if sr = s.load(w, r, id); sr != nil {
+		writeJSON(w, http.StatusOK, s.statusOf(sr))
+	}
+}
+
+// requestDocument answers the request as it was submitted, for an approver to
+// review: the client checks that its digest is the request id, so what it
+// shows is what the id (which approvals bind to) names.
+func (s *Server) requestDocument(w http.ResponseWriter, r *http.Request, id *identity) {
+	sr := s.load(w, r, id)
+	if sr == nil {
+		return
+	}
+	d, err := s.store.Document(r.Context(), sr.ID)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "store unavailable", nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(d.Body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(d.Body)
+}
+
+// maxReason bounds the reason of a rejection or cancellation.
+const maxReason = 1024
+
+// readReason reads {"reason": "..."} (optional) from a reject or cancel
+// call.
+func readReason(w http.ResponseWriter, r *http.Request) (string, bool) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4*maxReason))
+	if err == nil && len(bytes.TrimSpace(data)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&body)
+	}
+	switch {
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "want {\"reason\": \"...\"}: "+err.Error(), nil)
+		return "", false
+	case len(body.Reason) > maxReason:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("reason is longer than %d bytes", maxReason), nil)
+		return "", false
+	case request.ValidText(body.Reason) != nil:
+		writeError(w, http.StatusBadRequest, "reason: "+request.ValidText(body.Reason).Error(), nil)
+		return "", false
+	}
+	return body.Reason, true
+}
+
+// reject ends a request an approver of one of its waiting keys will not
+// let be signed; cancel ends a request its submitter withdraws. Both are
+// audited; items already signed stay signed.
+func (s *Server) reject(w http.ResponseWriter, r *http.Request, id *identity) {
+	s.end(w, r, id, audit.TypeReject)
+}
+
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request, id *identity) {
+	s.end(w, r, id, audit.TypeCancel)
+}
+
+func (s *Server) end(w http.ResponseWriter, r *http.Request, id *identity, typ string) {
+	sr := s.load(w, r, id)
+	if sr == nil {
+		return
+	}
+	reason, ok := readReason(w, r)
+	if !ok {
+		return
+	}
+	var may bool
+	var what string
+	switch typ {
+	case audit.TypeCancel:
+		may, what = sr.Client == id.name, "cancelled by its submitter "+id.name
+	default:
+		may = sr.Client != id.name && slices.ContainsFunc(sr.Items, func(it store.Item) bool {
+			return (it.State == store.StateApproval || it.State == store.StatePending) && id.approve[it.Key]
+		})
+		what = "rejected by " + id.name
+	}
+	if !may {
+		s.refuse(w, r, id, http.StatusForbidden, sr.ID, fmt.Sprintf("client %s may not %s request %s", id.name, typ, sr.ID), nil)
+		return
+	}
+	if reason != "" {
+		what += ": " + reason
+	}
+	e := &audit.Entry{Time: time.Now().UTC(), Type: typ, Client: id.name, Request: sr.ID, Reason: reason}
+	n, err := s.store.End(r.Context(), sr.ID, what, e)
+	if err != nil {
+		s.log.Error("ending a request", "request", sr.ID, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "storing the decision failed; try again", nil)
+		return
+	}
+	if n == 0 {
+		writeError(w, http.StatusConflict, fmt.Sprintf("request %s has no items left to sign", sr.ID), nil)
+		return
+	}
+	s.endedBroadcast(sr.ID) // waiting fetches answer now
 	if sr = s.load(w, r, id); sr != nil {
 		writeJSON(w, http.StatusOK, s.statusOf(sr))
 	}

@@ -16,6 +16,9 @@ type metrics struct {
 	signErrors    *prometheus.CounterVec
 	signSeconds   *prometheus.HistogramVec
 	commitSeconds prometheus.Histogram
+	// recheckRefused counts items refused right before signing (an
+	// edited row, a revoked client, an approval that no longer counts).
+	recheckRefused prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -41,6 +44,9 @@ func newMetrics(s *Server) *metrics {
 			Name: "signet_commit_seconds", Help: "Time to store one batch of signatures with its audit entries.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		recheckRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "signet_items_refused_at_signing_total", Help: "Items refused right before signing because they no longer passed their checks.",
+		}),
 	}
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "signet_items_pending", Help: "Items queued for signing (all replicas).",
@@ -53,7 +59,7 @@ func newMetrics(s *Server) *metrics {
 		}
 		return float64(n)
 	})
-	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, pending,
+	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, m.recheckRefused, pending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -52,6 +52,9 @@ type Server struct {
 	store   *store.Store
 	keys    map[string]*key
 	clients []*identity
+	byName  map[string]*identity
+	bind    binder               // MACs binding stored rows to what the service accepted
+	docs    docCache             // verified stored requests
 	tokens  map[string]*identity // by hex SHA-256 of the token
 	certFP  map[string]*identity // by hex SHA-256 of the certificate DER
 	certCN  map[string]*identity
@@ -99,7 +102,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	}
 	s := &Server{
 		cfg: cfg, log: log,
-		keys:   map[string]*key{},
+		keys: map[string]*key{}, byName: map[string]*identity{},
 		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: map[string]*waiters{},
 	}
@@ -125,6 +128,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	if err != nil {
 		return nil, fmt.Errorf("audit key %s: %w", cfg.AuditKey, err)
 	}
+	if s.bind, err = newBinder(strings.TrimSpace(string(skey))); err != nil {
+		return nil, fmt.Errorf("audit key %s: %w", cfg.AuditKey, err)
+	}
 
 	for _, kc := range cfg.Keys {
 		k, err := openKey(kc)
@@ -137,6 +143,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		cc := &cfg.Clients[i]
 		id := &identity{name: cc.Name, keys: set(cc.Keys), kinds: set(cc.Kinds), approve: set(cc.Approve)}
 		s.clients = append(s.clients, id)
+		s.byName[id.name] = id
 		for _, h := range cc.TokenSHA256 {
 			s.tokens[strings.ToLower(h)] = id
 		}
@@ -402,6 +409,19 @@ func (s *Server) signedBroadcast(batch []store.Signed) {
 		}
 	}
 	for _, w := range woken {
+		close(w.ch)
+		w.ch = make(chan struct{})
+	}
+}
+
+// endedBroadcast wakes the fetches waiting on request id because items of
+// it ended unsigned (refused, rejected, cancelled): it counts as many
+// stored signatures as any request has, so each waiter asks the store.
+func (s *Server) endedBroadcast(id string) {
+	s.signedMu.Lock()
+	defer s.signedMu.Unlock()
+	if w := s.signedCh[id]; w != nil {
+		w.stored += 1 << 30
 		close(w.ch)
 		w.ch = make(chan struct{})
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -125,9 +126,18 @@ func (s *Server) sign(c store.Claim) (*store.Signed, *store.Failed) {
 		s.log.Error("item needs a key this replica does not hold", "request", c.Request, "item", c.ID, "key", c.Key)
 		return nil, &store.Failed{Claim: c, Err: fmt.Sprintf("key %q is not configured on this service", c.Key)}
 	}
+	tbs, err := s.recheck(&c)
+	if errors.Is(err, errTransient) {
+		s.log.Error("rechecking an item", "request", c.Request, "item", c.ID, "err", err)
+		return nil, &store.Failed{Claim: c, Err: err.Error()}
+	}
+	if err != nil {
+		s.refuseClaim(c, err)
+		return nil, nil
+	}
+	c.TBS = tbs // the verified request's bytes, never the row's
 	h, err := request.HashByName(c.Hash)
 	if err != nil {
-		s.log.Error("stored item has a bad hash", "request", c.Request, "item", c.ID, "err", err)
 		return nil, &store.Failed{Claim: c, Err: err.Error()}
 	}
 	k.sem <- struct{}{}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,12 +16,13 @@ import (
 
 	"signet.dev/internal/atomicfile"
 	"signet.dev/request"
+	"signet.dev/request/check"
 	"signet.dev/server/api"
 	"signet.dev/server/client"
 )
 
 func init() {
-	commands = append(commands, newSubmitCmd, newStatusCmd, newFetchCmd, newApproveCmd)
+	commands = append(commands, newSubmitCmd, newStatusCmd, newFetchCmd, newApproveCmd, newRejectCmd, newCancelCmd)
 }
 
 // serverFlags are how the client verbs reach and authenticate to a
@@ -283,6 +285,78 @@ func newFetchCmd() *cobra.Command {
 }
 
 func newApproveCmd() *cobra.Command {
-	return newRequestStateCmd("approve ID|REQUEST --server=URL", "Approve a signing request that waits for approvers",
-		func(ctx context.Context, c *client.Client, id string) (*api.Status, error) { return c.Approve(ctx, id) })
+	var sf serverFlags
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "approve ID|REQUEST --server=URL [--yes]",
+		Short: "Review a signing request that waits for approvers, then approve it",
+		Long: `approve fetches the request as the service holds it, checks that its
+digest is the request id (approvals bind to that digest), runs every item's
+check here too, shows every item decoded, and approves only after a "yes"
+on standard input (or with --yes, for scripts that reviewed it otherwise).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := sf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+			defer cancel()
+			id, err := requestID(args[0])
+			if err != nil {
+				return err
+			}
+			req, err := c.Document(ctx, id)
+			if err != nil {
+				return err
+			}
+			if err := check.Request(req); err != nil {
+				return fmt.Errorf("request %s: not approved: %w", id, err)
+			}
+			out := cmd.OutOrStdout()
+			if err := request.Summarize(out, req); err != nil {
+				return err
+			}
+			if !yes {
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nApprove request %s? Type yes to approve: ", id)
+				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if strings.TrimSpace(line) != "yes" {
+					return fmt.Errorf("request %s: not approved (answer was not yes)", id)
+				}
+			}
+			st, err := c.Approve(ctx, id)
+			if err != nil {
+				return err
+			}
+			out.Write(api.Marshal(st))
+			return nil
+		},
+	}
+	sf.register(cmd.Flags())
+	cmd.Flags().BoolVar(&yes, "yes", false, "approve without asking (the request is still fetched, verified and shown)")
+	return cmd
+}
+
+func newRejectCmd() *cobra.Command {
+	return newEndCmd("reject", "Reject a signing request (an approver of its keys): nothing more of it is signed",
+		func(ctx context.Context, c *client.Client, id, reason string) (*api.Status, error) {
+			return c.Reject(ctx, id, reason)
+		})
+}
+
+func newCancelCmd() *cobra.Command {
+	return newEndCmd("cancel", "Cancel a signing request you submitted: nothing more of it is signed",
+		func(ctx context.Context, c *client.Client, id, reason string) (*api.Status, error) {
+			return c.Cancel(ctx, id, reason)
+		})
+}
+
+func newEndCmd(verb, short string, act func(context.Context, *client.Client, string, string) (*api.Status, error)) *cobra.Command {
+	var reason string
+	cmd := newRequestStateCmd(verb+" ID|REQUEST --server=URL [--reason=TEXT]", short,
+		func(ctx context.Context, c *client.Client, id string) (*api.Status, error) {
+			return act(ctx, c, id, reason)
+		})
+	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log and the request's status)")
+	return cmd
 }

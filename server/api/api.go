@@ -33,6 +33,10 @@ const (
 	StateApproval = "approval" // waiting for approvals
 	StatePending  = "pending"  // queued for signing
 	StateSigned   = "signed"   // every item signed: the response can be fetched
+	// StateRefused: an item was refused when it was to be signed, or the
+	// request was rejected or cancelled; it will never be signed. The
+	// items' errors say why.
+	StateRefused = "refused"
 )
 
 // Status describes a submitted request.
@@ -59,7 +63,7 @@ func (st *Status) Summary() string {
 		if it.State == StateSigned {
 			signed++
 		}
-		if it.Error != "" {
+		if it.Error != "" && it.State != StateRefused {
 			if failing[it.Error] == nil {
 				errs = append(errs, it.Error)
 			}
@@ -67,6 +71,12 @@ func (st *Status) Summary() string {
 		}
 	}
 	s := fmt.Sprintf("%s, %d/%d items signed", st.State, signed, len(st.Items))
+	for _, it := range st.Items {
+		if it.State == StateRefused {
+			s += fmt.Sprintf("; item %s: %s", it.ID, it.Error)
+			break
+		}
+	}
 	for _, e := range errs {
 		n := "1 item"
 		if k := len(failing[e]); k != 1 {

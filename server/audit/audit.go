@@ -42,6 +42,8 @@ const (
 	TypeRefuse  = "refuse"  // a request or approval was refused (policy or check)
 	TypeApprove = "approve" // an approver approved a request
 	TypeSign    = "sign"    // an item was signed
+	TypeReject  = "reject"  // an approver rejected a request: nothing more of it is signed
+	TypeCancel  = "cancel"  // the submitter cancelled a request: nothing more of it is signed
 )
 
 // Entry is one audit record. Index is its position in the log (the first
@@ -85,7 +87,7 @@ func ParseEntry(line []byte) (*Entry, error) {
 		return nil, fmt.Errorf("%w: trailing data", ErrBadEntry)
 	}
 	switch e.Type {
-	case TypeSubmit, TypeRefuse, TypeApprove, TypeSign:
+	case TypeSubmit, TypeRefuse, TypeApprove, TypeSign, TypeReject, TypeCancel:
 	default:
 		return nil, fmt.Errorf("%w: unknown type %q", ErrBadEntry, e.Type)
 	}

@@ -274,8 +274,11 @@ func (c *Client) WaitReporting(ctx context.Context, id string, every time.Durati
 	for {
 		pctx, cancel := context.WithTimeout(ctx, every)
 		res, err := c.Wait(pctx, id)
+		// Only the interval's own deadline means "report and go on"; read
+		// it before cancel, which sets pctx.Err for good.
+		interval := errors.Is(pctx.Err(), context.DeadlineExceeded)
 		cancel()
-		if err == nil || ctx.Err() != nil || pctx.Err() == nil {
+		if err == nil || ctx.Err() != nil || !interval {
 			return res, err
 		}
 		st, err := c.Status(ctx, id)
@@ -403,4 +406,47 @@ func VerifyResult(req *request.Request, res *api.Result, vkey string) error {
 		}
 	}
 	return nil
+}
+
+// Document returns a request as it was submitted, after checking that its
+// digest is id: what an approver reviews is what the id names (and an
+// approval binds to the id).
+func (c *Client) Document(ctx context.Context, id string) (*request.Request, error) {
+	var data []byte
+	if err := c.do(ctx, "GET", "/v1/requests/"+url.PathEscape(id)+"/document", nil, &data); err != nil {
+		return nil, err
+	}
+	req, err := request.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("the service's copy of request %s: %w", id, err)
+	}
+	if got := strings.TrimPrefix(req.DigestString(), "sha256:"); got != id {
+		return nil, fmt.Errorf("the service answered a request with digest %s for %s", got, id)
+	}
+	return req, nil
+}
+
+// Reject ends a request the caller (an approver of one of its keys) will
+// not let be signed.
+func (c *Client) Reject(ctx context.Context, id, reason string) (*api.Status, error) {
+	return c.end(ctx, id, "reject", reason)
+}
+
+// Cancel ends a request the caller submitted.
+func (c *Client) Cancel(ctx context.Context, id, reason string) (*api.Status, error) {
+	return c.end(ctx, id, "cancel", reason)
+}
+
+func (c *Client) end(ctx context.Context, id, verb, reason string) (*api.Status, error) {
+	body, err := json.Marshal(struct {
+		Reason string `json:"reason,omitempty"`
+	}{reason})
+	if err != nil {
+		return nil, err
+	}
+	var st api.Status
+	if err := c.do(ctx, "POST", "/v1/requests/"+url.PathEscape(id)+"/"+verb, body, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
 }

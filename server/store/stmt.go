@@ -79,7 +79,7 @@ func (s *Store) text(q query, rows int) string {
 	var t string
 	switch q {
 	case qInsertRequest:
-		t = `INSERT INTO requests (id, client, body, created) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+		t = `INSERT INTO requests (id, client, body, created, binding) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
 	case qInsertItems:
 		t = `INSERT INTO items (request_id, seq, client, item_id, key_name, kind, hash, tbs, state, created) VALUES ` +
 			values("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -122,7 +122,7 @@ func (s *Store) text(q query, rows int) string {
 	case qApprovers:
 		t = `SELECT approver FROM approvals WHERE request_id = ? ORDER BY created, approver`
 	case qUnsigned:
-		t = `SELECT COUNT(*) FROM items WHERE request_id = ? AND state <> 'signed'`
+		t = `SELECT COUNT(*) FROM items WHERE request_id = ? AND state IN ('approval', 'pending')`
 	case qPending:
 		t = `SELECT COUNT(*) FROM items WHERE state = 'pending'`
 	case qTreeSize:

@@ -42,6 +42,10 @@ const (
 	StateApproval = "approval" // waiting for approvals before it may be signed
 	StatePending  = "pending"  // queued for signing
 	StateSigned   = "signed"
+	// StateRefused ends an item for good: the signer found it no longer
+	// passes its checks (an edited row, a revoked client, a key's kinds
+	// changed), or its request was rejected or cancelled. Error says why.
+	StateRefused = "refused"
 )
 
 // ErrNotFound is returned for an unknown request id.
@@ -55,6 +59,16 @@ type Request struct {
 	Created   time.Time
 	Items     []Item
 	Approvers []string // distinct identities that approved it, in order
+	// Binding is the service's MAC over the request id and its client
+	// (stored by Submit; read by Document). The key is not in the
+	// database, so a row written by anyone else is refused at signing.
+	Binding []byte
+}
+
+// Approval is one stored approval with its binding MAC.
+type Approval struct {
+	Approver string
+	Binding  []byte
 }
 
 // Item is one signature to make.
@@ -207,6 +221,8 @@ func (s *Store) migrate(ctx context.Context) error {
 	// Columns added since the first schema, to databases made before.
 	for _, c := range []struct{ table, column, typ string }{
 		{"items", "error", "TEXT"},
+		{"requests", "binding", blob},
+		{"approvals", "binding", blob},
 	} {
 		var n int
 		q := `SELECT COUNT(*) FROM pragma_table_info('` + c.table + `') WHERE name = '` + c.column + `'`
@@ -251,7 +267,7 @@ func (s *Store) q(query string) string {
 // changes nothing and returns created=false (submission is idempotent).
 func (s *Store) Submit(ctx context.Context, r *Request, e *audit.Entry) (created bool, err error) {
 	err = s.inTx(ctx, func(tx *txn) error {
-		res, err := s.txStmt(ctx, tx, qInsertRequest, 0).ExecContext(ctx, r.ID, r.Client, r.Body, r.Created.UnixNano())
+		res, err := s.txStmt(ctx, tx, qInsertRequest, 0).ExecContext(ctx, r.ID, r.Client, r.Body, r.Created.UnixNano(), r.Binding)
 		if err != nil {
 			return err
 		}
@@ -345,10 +361,10 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 // then, in the same transaction, moves to pending the items release picks
 // (given the request and all its approvers so far). Approving twice is one
 // approval: added is false and nothing is audited.
-func (s *Store) Approve(ctx context.Context, id, approver string, e *audit.Entry, release func(r *Request) []int) (added bool, err error) {
+func (s *Store) Approve(ctx context.Context, id, approver string, binding []byte, e *audit.Entry, release func(r *Request) []int) (added bool, err error) {
 	err = s.inTx(ctx, func(tx *txn) error {
-		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO approvals (request_id, approver, created) VALUES (?, ?, ?) ON CONFLICT (request_id, approver) DO NOTHING`),
-			id, approver, time.Now().UnixNano())
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO approvals (request_id, approver, created, binding) VALUES (?, ?, ?, ?) ON CONFLICT (request_id, approver) DO NOTHING`),
+			id, approver, time.Now().UnixNano(), binding)
 		if err != nil {
 			return err
 		}
@@ -561,6 +577,104 @@ func (s *Store) Retry(ctx context.Context, failed []Failed, until time.Time) (n 
 	})
 	if err != nil {
 		return 0, fmt.Errorf("store: giving back failed items: %w", err)
+	}
+	return n, nil
+}
+
+// Document reads what a request was submitted as: its client, its body
+// and its binding MAC. The signer re-derives every item from the body.
+func (s *Store) Document(ctx context.Context, id string) (*Request, error) {
+	r := &Request{ID: id}
+	var created int64
+	err := s.rdb.QueryRowContext(ctx, s.q(`SELECT client, body, created, binding FROM requests WHERE id = ?`), id).Scan(&r.Client, &r.Body, &created, &r.Binding)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: request %s: %w", id, err)
+	}
+	r.Created = time.Unix(0, created).UTC()
+	return r, nil
+}
+
+// Approvals reads a request's approvals with their binding MACs.
+func (s *Store) Approvals(ctx context.Context, id string) ([]Approval, error) {
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT approver, binding FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+	if err != nil {
+		return nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []Approval
+	for rows.Next() {
+		var a Approval
+		if err := rows.Scan(&a.Approver, &a.Binding); err != nil {
+			return nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// Refused is a claimed item the signer will not sign, with why and the
+// audit entry that records it.
+type Refused struct {
+	Claim  Claim
+	Reason string
+	Entry  *audit.Entry
+}
+
+// Refuse ends the claims of refused that are still pending and leased to
+// their owner, and appends the audit entries of those, in one transaction.
+// It returns how many it ended.
+func (s *Store) Refuse(ctx context.Context, refused []Refused) (n int, err error) {
+	err = s.inTx(ctx, func(tx *txn) error {
+		n = 0
+		var entries []*audit.Entry
+		for _, r := range refused {
+			res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = 'refused', error = ?, lease_owner = NULL, lease_until = NULL
+				WHERE request_id = ? AND seq = ? AND state = 'pending' AND lease_owner = ? AND lease_until = ?`),
+				r.Reason, r.Claim.Request, r.Claim.Seq, r.Claim.Owner, r.Claim.Until)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k == 1 {
+				n++
+				entries = append(entries, r.Entry)
+			}
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		_, err := s.appendAudit(ctx, tx, entries)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: refusing items: %w", err)
+	}
+	return n, nil
+}
+
+// End ends every item of request id not signed yet (a rejection or a
+// cancellation), with reason as their error, and appends e, in one
+// transaction. It returns how many items it ended; with none, nothing is
+// audited. An item being signed meanwhile is not stored: Complete stores
+// only pending items.
+func (s *Store) End(ctx context.Context, id, reason string, e *audit.Entry) (n int, err error) {
+	err = s.inTx(ctx, func(tx *txn) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE items SET state = 'refused', error = ?, lease_owner = NULL, lease_until = NULL
+			WHERE request_id = ? AND state IN ('approval', 'pending')`), reason, id)
+		if err != nil {
+			return err
+		}
+		k, _ := res.RowsAffected()
+		if n = int(k); n == 0 {
+			return nil
+		}
+		_, err = s.appendAudit(ctx, tx, []*audit.Entry{e})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: ending %s: %w", id, err)
 	}
 	return n, nil
 }

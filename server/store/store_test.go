@@ -233,7 +233,7 @@ func testLifecycle(t *testing.T, s *Store) {
 		t.Fatal("items waiting for approval were claimed")
 	}
 	for _, who := range []string{"alice", "alice", "bob"} {
-		_, err := s.Approve(ctx, "bb", who, &audit.Entry{Type: audit.TypeApprove, Client: who, Request: "bb"}, func(r *Request) []int {
+		_, err := s.Approve(ctx, "bb", who, nil, &audit.Entry{Type: audit.TypeApprove, Client: who, Request: "bb"}, func(r *Request) []int {
 			if len(r.Approvers) >= 2 {
 				return []int{0, 1}
 			}
