@@ -17,20 +17,21 @@ import (
 //     attribute-less PKCS#7 signer with a db key signs EFI binaries.
 //   - "tpm-policy": pcr-policy. A TPM's PolicyAuthorize takes a raw
 //     signature over H(approvedPolicy ‖ policyRef) for any policyRef.
-//   - "content": verity-roothash, ipe-policy, manifest-pkcs7. Attribute-less
-//     PKCS#7 over the content itself; a lowercase hex root hash, canonical
-//     IPE policy text and a SHA256SUMS file are disjoint languages (no byte
-//     string is two of them), which is what lets them share the kernel's
-//     keyring key.
-//   - "openpgp": manifest-openpgp. An OpenPGP signature over the document
-//     and signet's fixed trailer.
+//   - "content": verity-roothash, ipe-policy, manifest-pkcs7,
+//     manifest-openpgp. A raw signature over a hash of the content itself
+//     (attribute-less PKCS#7; OpenPGP over the manifest and signet's fixed
+//     trailer): a lowercase hex root hash, canonical IPE policy text, a
+//     SHA256SUMS file (ending in a newline) and a SHA256SUMS file followed
+//     by signet's trailer (ending in its length) are disjoint languages,
+//     no byte string is two of them, which is what lets the kernel keyring
+//     key sign verity and IPE, and one release key sign both manifests.
 var families = map[Kind]string{
 	KindAuthenticode:    "secure-boot",
 	KindPCRPolicy:       "tpm-policy",
 	KindVerityRootHash:  "content",
 	KindIPEPolicy:       "content",
 	KindManifestPKCS7:   "content",
-	KindManifestOpenPGP: "openpgp",
+	KindManifestOpenPGP: "content",
 }
 
 // Family returns the family of kind k ("" for an unknown kind).

@@ -190,7 +190,13 @@ func TestRevokedClientNotSigned(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := waitState(t, e.client("alice"), st.ID, api.StateRefused)
+	var got *api.Status
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got = waitState(t, e.client("alice"), st.ID, api.StateRefused)
+		if got.Items[0].State == api.StateRefused && got.Items[1].State == api.StateRefused || time.Now().After(deadline) {
+			break
+		}
+	}
 	for _, it := range got.Items {
 		if it.State != api.StateRefused || !strings.Contains(it.Error, `client "ci" is no longer configured`) {
 			t.Fatalf("item %s: %s %q", it.ID, it.State, it.Error)
