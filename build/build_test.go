@@ -88,7 +88,7 @@ func signRound(t *testing.T, path string, uris map[string]string, c *Config) []b
 		if err != nil {
 			t.Fatal(err)
 		}
-		named[name] = request.Key{Signer: s, Certificate: cert}
+		named[name] = request.Key{Signer: s, Certificate: cert, Kinds: c.KeyKinds(name)}
 	}
 	resp, err := request.Sign(req, named, check.Item)
 	if err != nil {
@@ -276,6 +276,12 @@ func TestConfigErrors(t *testing.T) {
 		"verity image":  "[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nverity-image = \"none.raw\"\n",
 		"not toml":      "[[uki]\n",
 		"ipe no policy": "[ipe]\nkey = \"k\"\n",
+		// One key for two kind families needs its kinds declared, and
+		// declared kinds must cover its roles.
+		"two families": "[keys.r]\nkey = \"offline\"\n[manifest]\nopenpgp-key = \"r\"\npkcs7-key = \"r\"\n",
+		"undeclared":   "[keys.r]\nkey = \"offline\"\nkinds = [\"manifest-pkcs7\"]\n[manifest]\nopenpgp-key = \"r\"\npkcs7-key = \"r\"\n",
+		"bad kind":     "[keys.r]\nkey = \"offline\"\nkinds = [\"bogus\"]\n",
+		"sb and pcr":   "[keys.k]\nkey = \"offline\"\n[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nsecure-boot-key = \"k\"\npcr-key = \"k\"\n",
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
 		os.WriteFile(p, []byte(body), 0o644)

@@ -108,7 +108,7 @@ func loadCerts(flag string, vals []string) (map[string]*x509.Certificate, error)
 }
 
 func newRequestSignCmd() *cobra.Command {
-	var keyVals, certVals []string
+	var keyVals, certVals, kindVals []string
 	var output string
 	var partial bool
 	cmd := &cobra.Command{
@@ -122,7 +122,14 @@ item's key name, verifies each signature, and writes the response.
 --certificate NAME=CERT gives its certificate (PEM/DER file, or pkcs11: URI);
 for a pkcs11: key without one, the certificate on the token with the same
 URI is used. With --partial, only the items of the given keys are signed,
-for signet request merge (or several signet build --resume=) to combine.`,
+for signet request merge (or several signet build --resume=) to combine.
+
+A key signs the kinds of one family: authenticode; pcr-policy;
+verity-roothash, ipe-policy and manifest-pkcs7 (attribute-less PKCS#7 over
+content of disjoint, strictly checked languages); manifest-openpgp. A
+request asking one key for two families is refused whole, naming the item,
+its kind and the key, unless --key-kinds NAME=KIND,KIND declares the kinds
+that key signs (then it signs those and no other).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
@@ -137,6 +144,10 @@ for signet request merge (or several signet build --resume=) to combine.`,
 				return err
 			}
 			certRefs, err := namedValues("certificate", certVals)
+			if err != nil {
+				return err
+			}
+			kindRefs, err := namedValues("key-kinds", kindVals)
 			if err != nil {
 				return err
 			}
@@ -161,7 +172,18 @@ for signet request merge (or several signet build --resume=) to combine.`,
 				if err := keys.CheckPair(s, cert); err != nil {
 					return fmt.Errorf("key %s: %s and %s: %w", name, ref, certRef, err)
 				}
-				named[name] = request.Key{Signer: s, Certificate: cert, Chain: chain}
+				var kinds []request.Kind
+				if kr, ok := kindRefs[name]; ok {
+					if kinds, err = request.ParseKinds(kr); err != nil {
+						return fmt.Errorf("--key-kinds %s: %w", name, err)
+					}
+				}
+				named[name] = request.Key{Signer: s, Certificate: cert, Chain: chain, Kinds: kinds}
+			}
+			for name := range kindRefs {
+				if _, ok := keyRefs[name]; !ok {
+					return fmt.Errorf("--key-kinds %s: no --key %s given", name, name)
+				}
 			}
 			for name := range certRefs {
 				if _, ok := keyRefs[name]; !ok {
@@ -189,6 +211,7 @@ for signet request merge (or several signet build --resume=) to combine.`,
 	}
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: private key (PEM file or pkcs11: URI) for key name NAME (repeatable)")
 	cmd.Flags().StringArrayVar(&certVals, "certificate", nil, "NAME=CERT: certificate of key NAME (repeatable)")
+	cmd.Flags().StringArrayVar(&kindVals, "key-kinds", nil, "NAME=KIND[,KIND...]: the only kinds key NAME signs (default: one kind family) (repeatable)")
 	cmd.Flags().BoolVar(&partial, "partial", false, "sign only the items of the given keys")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "response file to write")
 	return cmd

@@ -1,0 +1,51 @@
+package request
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestFamily(t *testing.T) {
+	for _, k := range Kinds {
+		if Family(k) == "" {
+			t.Errorf("kind %s has no family", k)
+		}
+	}
+	if Family("bogus") != "" {
+		t.Error("unknown kind has a family")
+	}
+	if Family(KindVerityRootHash) != Family(KindIPEPolicy) || Family(KindIPEPolicy) != Family(KindManifestPKCS7) {
+		t.Error("attribute-less PKCS#7 kinds are not one family")
+	}
+	if Family(KindManifestOpenPGP) == Family(KindManifestPKCS7) || Family(KindAuthenticode) == Family(KindPCRPolicy) {
+		t.Error("distinct families merged")
+	}
+}
+
+func TestCheckKeyKinds(t *testing.T) {
+	for _, c := range []struct {
+		kinds, shared []Kind
+		ok            bool
+	}{
+		{nil, nil, true},
+		{[]Kind{KindAuthenticode, KindAuthenticode}, nil, true},
+		{[]Kind{KindVerityRootHash, KindIPEPolicy, KindManifestPKCS7}, nil, true},
+		{[]Kind{KindAuthenticode, KindPCRPolicy}, nil, false},
+		{[]Kind{KindManifestOpenPGP, KindManifestPKCS7}, nil, false},
+		{[]Kind{KindManifestOpenPGP, KindManifestPKCS7}, []Kind{KindManifestPKCS7, KindManifestOpenPGP}, true},
+		{[]Kind{KindManifestOpenPGP, KindManifestPKCS7, KindManifestPKCS7}, []Kind{KindManifestPKCS7, KindManifestOpenPGP}, true},
+		// A declaration must list exactly the kinds, not more, not fewer.
+		{[]Kind{KindManifestOpenPGP, KindManifestPKCS7}, []Kind{KindManifestPKCS7}, false},
+		{[]Kind{KindManifestOpenPGP, KindManifestPKCS7}, []Kind{KindManifestPKCS7, KindManifestOpenPGP, KindAuthenticode}, false},
+		{[]Kind{"bogus"}, nil, false},
+		{[]Kind{"bogus"}, []Kind{"bogus"}, false},
+	} {
+		err := CheckKeyKinds(c.kinds, c.shared)
+		if (err == nil) != c.ok {
+			t.Errorf("CheckKeyKinds(%v, %v) = %v", c.kinds, c.shared, err)
+		}
+		if err != nil && len(c.kinds) > 0 && !strings.Contains(err.Error(), string(c.kinds[0])) {
+			t.Errorf("error %q does not name kind %s", err, c.kinds[0])
+		}
+	}
+}
