@@ -368,13 +368,13 @@ func (c *Config) Certificate(name string) (*x509.Certificate, []*x509.Certificat
 			return nil, nil, fmt.Errorf("key %s: certificate: %w", name, err)
 		}
 		if cert == nil {
-			return nil, nil, fmt.Errorf("key %s: certificate %s: not on the token", name, ref)
+			return nil, nil, fmt.Errorf("key %s: certificate %s: not on the token", name, keys.Redact(ref))
 		}
 		return cert, nil, nil
 	}
 	certs, err := keys.LoadCertificates(ref)
 	if err != nil {
-		return nil, nil, fmt.Errorf("key %s: certificate %s: %w", name, ref, err)
+		return nil, nil, fmt.Errorf("key %s: certificate %s: %w", name, keys.Redact(ref), err)
 	}
 	return certs[0], certs[1:], nil
 }

@@ -79,7 +79,7 @@ func LoadTrust(c *Config, certs, openpgpKeys map[string]string) (*Trust, error) 
 		if ref := certs[name]; ref != "" {
 			cs, err := keys.LoadCertificates(ref)
 			if err != nil {
-				return nil, fmt.Errorf("--certificate %s: %s: %w", name, ref, err)
+				return nil, fmt.Errorf("--certificate %s: %s: %w", name, keys.Redact(ref), err)
 			}
 			t.Certificates[name] = cs[0]
 		} else if k.Certificate != "" {

@@ -52,7 +52,7 @@ func Open(source, ref string) (Signer, error) {
 	case source == "" || source == "file":
 		return LoadPrivateKeyFile(ref)
 	case source == "provider:pkcs11" || source == "pkcs11":
-		return nil, fmt.Errorf("private key %q: provider:pkcs11 needs a pkcs11: URI", ref)
+		return nil, fmt.Errorf("private key %q: provider:pkcs11 needs a pkcs11: URI", Redact(ref))
 	default:
 		return nil, fmt.Errorf("private key source %q: not supported (use file or provider:pkcs11)", source)
 	}

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"signet.dev/keys"
 )
 
 // multiCall maps the names signet answers to when invoked through a symlink
@@ -65,7 +67,8 @@ func run(argv []string) int {
 	root := newRoot()
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		// Whatever path an error took, no PIN reaches the terminal.
+		fmt.Fprintf(os.Stderr, "%s: %s\n", name, keys.RedactText(err.Error()))
 		var ee *exitError
 		if errors.As(err, &ee) {
 			return ee.code

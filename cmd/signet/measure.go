@@ -153,7 +153,7 @@ func (m *measureFlags) publicKeyFor(signer crypto.Signer) (crypto.PublicKey, err
 		if src == "" {
 			src = m.key.certificate
 		}
-		return nil, fmt.Errorf("private key %s does not match the public key in %s", m.key.privateKey, src)
+		return nil, fmt.Errorf("private key %s does not match the public key in %s", keys.Redact(m.key.privateKey), keys.Redact(src))
 	}
 	return pub, nil
 }

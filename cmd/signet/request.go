@@ -77,16 +77,16 @@ func loadCert(ref string) (*x509.Certificate, []*x509.Certificate, error) {
 	if strings.HasPrefix(ref, "pkcs11:") {
 		c, err := keys.PKCS11Certificate(ref)
 		if err != nil {
-			return nil, nil, fmt.Errorf("certificate %s: %w", ref, err)
+			return nil, nil, fmt.Errorf("certificate %s: %w", keys.Redact(ref), err)
 		}
 		if c == nil {
-			return nil, nil, fmt.Errorf("certificate %s: not found on the token", ref)
+			return nil, nil, fmt.Errorf("certificate %s: not found on the token", keys.Redact(ref))
 		}
 		return c, nil, nil
 	}
 	certs, err := keys.LoadCertificates(ref)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate %s: %w", ref, err)
+		return nil, nil, fmt.Errorf("certificate %s: %w", keys.Redact(ref), err)
 	}
 	return certs[0], certs[1:], nil
 }
@@ -170,7 +170,7 @@ that key signs (then it signs those and no other).`,
 				}
 				defer s.Close()
 				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("key %s: %s and %s: %w", name, ref, certRef, err)
+					return fmt.Errorf("key %s: %s and %s: %w", name, keys.Redact(ref), keys.Redact(certRef), err)
 				}
 				var kinds []request.Kind
 				if kr, ok := kindRefs[name]; ok {
