@@ -278,6 +278,17 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 			p.close()
 			return nil, err
 		}
+		// Checked before round 1: a certificate younger than the build
+		// time makes signatures that predate their key (an OpenPGP key's
+		// creation time is its certificate's notBefore), refused only once
+		// the last round is joined.
+		if bt := time.Unix(st.Time, 0).UTC(); cert.NotBefore.After(bt) {
+			p.close()
+			return nil, fmt.Errorf("key %s: certificate %q is valid only from %s, after the build time %s (SOURCE_DATE_EPOCH)", name, cert.Subject, cert.NotBefore.UTC().Format(time.RFC3339), bt.Format(time.RFC3339))
+		}
+		if w := keys.PCRPolicyWarning(cert.PublicKey); w != "" && c.pcrKey(name) {
+			p.logf("key %s: %s", name, w)
+		}
 		k := &key{name: name, cert: cert}
 		kc := c.Keys[name]
 		if kc.Key != Offline {

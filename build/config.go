@@ -339,6 +339,16 @@ func (c *Config) KeyKinds(name string) []request.Kind {
 	return kinds
 }
 
+// pcrKey reports whether a UKI signs its PCR policies with key name.
+func (c *Config) pcrKey(name string) bool {
+	for _, u := range c.UKIs {
+		if u.PCRKey == name {
+			return true
+		}
+	}
+	return false
+}
+
 // KeyNames lists the configured key names, sorted.
 func (c *Config) KeyNames() []string {
 	var out []string

@@ -231,6 +231,9 @@ systemd 258.10 does.`,
 				return err
 			}
 			defer signer.Close()
+			if w := keys.PCRPolicyWarning(signer.Public()); w != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), w)
+			}
 			pub, err := sf.publicKeyFor(signer)
 			if err != nil {
 				return err
@@ -275,6 +278,9 @@ signatures in.`,
 					return err
 				}
 				defer signer.Close()
+				if w := keys.PCRPolicyWarning(signer.Public()); w != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), w)
+				}
 			}
 			var cs crypto.Signer
 			if signer != nil {
