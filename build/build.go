@@ -172,6 +172,7 @@ func Run(c *Config, o Options) (*Result, error) {
 // signatures. Nothing is stored unless every signature verifies.
 func resume(c *Config, dir string, st *State, data [][]byte) error {
 	var parts []*request.Response
+	rejoined := 0
 	for i, d := range data {
 		resp, err := request.ParseResponse(d)
 		if err != nil {
@@ -181,11 +182,25 @@ func resume(c *Config, dir string, st *State, data [][]byte) error {
 			return err
 		}
 		for r, a := range st.Answered {
-			if a == resp.Request {
-				return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, r+1, waitingFor(st))
+			if a != resp.Request {
+				continue
 			}
+			// The last round's join was recorded and the run stopped
+			// before writing the next request (a crash): the same
+			// command again continues the build.
+			if r == len(st.Answered)-1 && st.Pending == nil && !st.Done {
+				rejoined++
+				continue
+			}
+			return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, r+1, waitingFor(st))
 		}
 		parts = append(parts, resp)
+	}
+	if rejoined == len(data) {
+		return nil
+	}
+	if rejoined > 0 {
+		return fmt.Errorf("%w: some responses answer round %d's request, already joined; %s", ErrAlreadyJoined, len(st.Answered), waitingFor(st))
 	}
 	if st.Pending == nil {
 		return fmt.Errorf("%w: %s", ErrNotWaiting, waitingFor(st))

@@ -385,10 +385,15 @@ func TestCrashAfterJoin(t *testing.T) {
 	if err := resume(c, b, st, [][]byte{resp}); err != nil {
 		t.Fatal(err)
 	}
-	// The crash: nothing after the state was saved happened.
-	resB, err := Run(c, Options{Dir: b})
+	// The crash: nothing after the state was saved happened. The same
+	// command again (with --resume) continues the build.
+	resB, err := Run(c, Options{Dir: b, Responses: [][]byte{resp}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the same command after a crash: %v", err)
+	}
+	// Now the next request is written: the response is joined for good.
+	if _, err := Run(c, Options{Dir: b, Responses: [][]byte{resp}}); !errors.Is(err, ErrAlreadyJoined) {
+		t.Fatalf("after the rerun: %v", err)
 	}
 	if resA.Round != 2 || resB.Round != 2 {
 		t.Fatalf("rounds %d and %d, want 2", resA.Round, resB.Round)
