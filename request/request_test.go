@@ -329,6 +329,13 @@ func TestOBS(t *testing.T) {
 	if _, err := ImportOBS(bytes.NewReader(pack(names)), r, bad); !errors.Is(err, ErrBadSignature) {
 		t.Errorf("wrong certificate: %v", err)
 	}
+	// obs-sign's default hash: the error names the hash expected and the
+	// one the signature used.
+	testenv.Run(t, "openssl", "dgst", "-sha1", "-sign", k.KeyPath, "-out", filepath.Join(in, names[2]), filepath.Join(in, r.Items[2].ID))
+	_, err = ImportOBS(bytes.NewReader(pack(names)), r, certs)
+	if !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "expected a signature over the SHA-256 digest, the signature is over the SHA-1 digest") || !strings.Contains(err.Error(), r.Items[2].ID) {
+		t.Errorf("SHA-1 signature: %v", err)
+	}
 	r.Items[0].Hash = "sha384"
 	if err := ExportOBS(&buf, r); err == nil {
 		t.Error("a sha384 item was exported for OBS")
