@@ -44,6 +44,7 @@ import (
 	"signet.dev/internal/atomicfile"
 	"signet.dev/internal/buildtime"
 	"signet.dev/keys"
+	"signet.dev/openpgp"
 	"signet.dev/request"
 	"signet.dev/request/check"
 )
@@ -260,6 +261,9 @@ type key struct {
 	name   string
 	cert   *x509.Certificate
 	signer keys.Signer // nil for an offline key
+	// openpgpCreated is the creation time of the configured OpenPGP
+	// public key, zero without one.
+	openpgpCreated time.Time
 }
 
 // pass is one execution of the pipeline.
@@ -292,14 +296,6 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 		if err != nil {
 			p.close()
 			return nil, err
-		}
-		// Checked before round 1: a certificate younger than the build
-		// time makes signatures that predate their key (an OpenPGP key's
-		// creation time is its certificate's notBefore), refused only once
-		// the last round is joined.
-		if bt := time.Unix(st.Time, 0).UTC(); cert.NotBefore.After(bt) {
-			p.close()
-			return nil, fmt.Errorf("key %s: certificate %q is valid only from %s, after the build time %s (SOURCE_DATE_EPOCH)", name, cert.Subject, cert.NotBefore.UTC().Format(time.RFC3339), bt.Format(time.RFC3339))
 		}
 		if w := keys.PCRPolicyWarning(cert.PublicKey); w != "" && c.pcrKey(name) {
 			p.logf("key %s: %s", name, w)
@@ -334,6 +330,25 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 				st.OpenPGPKeys = map[string][]byte{}
 			}
 			st.OpenPGPKeys[name] = ring
+			if k.openpgpCreated, err = openpgp.KeyCreationTime(ring, cert.PublicKey); err != nil {
+				p.close()
+				return nil, fmt.Errorf("key %s: openpgp-public-key %s: %w", name, kc.OpenPGPPublicKey, err)
+			}
+		}
+		// Checked before round 1: a key younger than the build time makes
+		// signatures that predate it, which OpenPGP verifiers refuse only
+		// once the last round is joined. The OpenPGP key's own creation
+		// time counts when it is configured (it is what the signature
+		// names); the certificate's notBefore otherwise.
+		bt := time.Unix(st.Time, 0).UTC()
+		if !k.openpgpCreated.IsZero() {
+			if k.openpgpCreated.After(bt) {
+				p.close()
+				return nil, fmt.Errorf("key %s: OpenPGP key %s was created %s, after the build time %s (SOURCE_DATE_EPOCH)", name, kc.OpenPGPPublicKey, k.openpgpCreated.Format(time.RFC3339), bt.Format(time.RFC3339))
+			}
+		} else if cert.NotBefore.After(bt) {
+			p.close()
+			return nil, fmt.Errorf("key %s: certificate %q is valid only from %s, after the build time %s (SOURCE_DATE_EPOCH)", name, cert.Subject, cert.NotBefore.UTC().Format(time.RFC3339), bt.Format(time.RFC3339))
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(dir, workDir), 0o755); err != nil {

@@ -422,7 +422,11 @@ func TestECDSA(t *testing.T) {
 		os.WriteFile(filepath.Join(keysDir, name+".crt"), data, 0o644)
 		refs[name] = k.KeyPath
 	}
-	okey, _ := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore)
+	// The OpenPGP key was published a year before this certificate was
+	// issued (a reissued, extended certificate): the build signs with the
+	// published key's creation time, and gpg, given the published key,
+	// verifies SHA256SUMS.gpg.
+	okey, _ := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore.AddDate(-1, 0, 0))
 	ring, err := openpgp.ExportPublicKey(k.Signer, okey, "signet test ecdsa")
 	if err != nil {
 		t.Fatal(err)

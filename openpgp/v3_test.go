@@ -101,3 +101,25 @@ func FuzzParseV3(f *testing.F) {
 		parseV3(b)
 	})
 }
+
+func TestKeyCreationTime(t *testing.T) {
+	k := testkeys.Generate(t, testkeys.RSA2048)
+	key, _ := NewKey(k.Cert.PublicKey, keyTime)
+	pub, err := ExportPublicKey(k.Signer, key, "signet created test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ring := range [][]byte{pub, Armor(pub, ArmorPublicKey)} {
+		got, err := KeyCreationTime(ring, k.Cert.PublicKey)
+		if err != nil || !got.Equal(keyTime) {
+			t.Errorf("KeyCreationTime = %v, %v; want %v", got, err, keyTime)
+		}
+	}
+	other := testkeys.Generate(t, testkeys.RSA3072)
+	if _, err := KeyCreationTime(pub, other.Cert.PublicKey); err == nil {
+		t.Error("another key's creation time found")
+	}
+	if _, err := KeyCreationTime([]byte("junk"), k.Cert.PublicKey); err == nil {
+		t.Error("junk keyring accepted")
+	}
+}
