@@ -16,6 +16,9 @@ var secretAttr = regexp.MustCompile(`(?i)((?:pin-value|token-value)=)[^&"\s]*`)
 // Redacted replaces a secret in text.
 const Redacted = "***"
 
+// punct may follow a redacted value in a message.
+const punct = ":,;.)'"
+
 // Redact returns a key reference fit to print: a pkcs11: URI with its PIN
 // (pin-value=) replaced by ***. pin-source= names a file and is kept; its
 // contents are never part of a reference. Other references are returned
@@ -24,7 +27,14 @@ func Redact(ref string) string {
 	if !strings.Contains(strings.ToLower(ref), "-value=") {
 		return ref
 	}
-	return secretAttr.ReplaceAllString(ref, "${1}"+Redacted)
+	return secretAttr.ReplaceAllStringFunc(ref, func(m string) string {
+		name, val, _ := strings.Cut(m, "=")
+		// Already redacted: keep the punctuation of the message after it.
+		if rest, ok := strings.CutPrefix(val, Redacted); ok && strings.Trim(rest, punct) == "" {
+			return m
+		}
+		return name + "=" + Redacted
+	})
 }
 
 // RedactText redacts every key reference in a message (an error, a log
