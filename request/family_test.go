@@ -49,3 +49,23 @@ func TestCheckKeyKinds(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseKinds(f *testing.F) {
+	f.Add("manifest-openpgp,manifest-pkcs7")
+	f.Add("authenticode, bogus")
+	f.Fuzz(func(t *testing.T, s string) {
+		kinds, err := ParseKinds(s)
+		if err != nil {
+			return
+		}
+		for _, k := range kinds {
+			if Family(k) == "" {
+				t.Fatalf("ParseKinds(%q) returned unknown kind %q", s, k)
+			}
+		}
+		// A set of kinds declared for itself is always accepted.
+		if err := CheckKeyKinds(kinds, kinds); err != nil {
+			t.Fatalf("CheckKeyKinds(%v, itself): %v", kinds, err)
+		}
+	})
+}
