@@ -44,6 +44,7 @@ import (
 	"signet.dev/internal/atomicfile"
 	"signet.dev/internal/buildtime"
 	"signet.dev/keys"
+	"signet.dev/openpgp"
 	"signet.dev/request"
 	"signet.dev/request/check"
 )
@@ -172,6 +173,7 @@ func Run(c *Config, o Options) (*Result, error) {
 // signatures. Nothing is stored unless every signature verifies.
 func resume(c *Config, dir string, st *State, data [][]byte) error {
 	var parts []*request.Response
+	rejoined := 0
 	for i, d := range data {
 		resp, err := request.ParseResponse(d)
 		if err != nil {
@@ -181,11 +183,25 @@ func resume(c *Config, dir string, st *State, data [][]byte) error {
 			return err
 		}
 		for r, a := range st.Answered {
-			if a == resp.Request {
-				return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, r+1, waitingFor(st))
+			if a != resp.Request {
+				continue
 			}
+			// The last round's join was recorded and the run stopped
+			// before writing the next request (a crash): the same
+			// command again continues the build.
+			if r == len(st.Answered)-1 && st.Pending == nil && !st.Done {
+				rejoined++
+				continue
+			}
+			return fmt.Errorf("%w: it answers round %d's request; %s", ErrAlreadyJoined, r+1, waitingFor(st))
 		}
 		parts = append(parts, resp)
+	}
+	if rejoined == len(data) {
+		return nil
+	}
+	if rejoined > 0 {
+		return fmt.Errorf("%w: some responses answer round %d's request, already joined; %s", ErrAlreadyJoined, len(st.Answered), waitingFor(st))
 	}
 	if st.Pending == nil {
 		return fmt.Errorf("%w: %s", ErrNotWaiting, waitingFor(st))
@@ -245,6 +261,9 @@ type key struct {
 	name   string
 	cert   *x509.Certificate
 	signer keys.Signer // nil for an offline key
+	// openpgpCreated is the creation time of the configured OpenPGP
+	// public key, zero without one.
+	openpgpCreated time.Time
 }
 
 // pass is one execution of the pipeline.
@@ -278,6 +297,9 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 			p.close()
 			return nil, err
 		}
+		if w := keys.PCRPolicyWarning(cert.PublicKey); w != "" && c.pcrKey(name) {
+			p.logf("key %s: %s", name, w)
+		}
 		k := &key{name: name, cert: cert}
 		kc := c.Keys[name]
 		if kc.Key != Offline {
@@ -308,6 +330,25 @@ func newPass(c *Config, dir string, st *State, log io.Writer) (*pass, error) {
 				st.OpenPGPKeys = map[string][]byte{}
 			}
 			st.OpenPGPKeys[name] = ring
+			if k.openpgpCreated, err = openpgp.KeyCreationTime(ring, cert.PublicKey); err != nil {
+				p.close()
+				return nil, fmt.Errorf("key %s: openpgp-public-key %s: %w", name, kc.OpenPGPPublicKey, err)
+			}
+		}
+		// Checked before round 1: a key younger than the build time makes
+		// signatures that predate it, which OpenPGP verifiers refuse only
+		// once the last round is joined. The OpenPGP key's own creation
+		// time counts when it is configured (it is what the signature
+		// names); the certificate's notBefore otherwise.
+		bt := time.Unix(st.Time, 0).UTC()
+		if !k.openpgpCreated.IsZero() {
+			if k.openpgpCreated.After(bt) {
+				p.close()
+				return nil, fmt.Errorf("key %s: OpenPGP key %s was created %s, after the build time %s (SOURCE_DATE_EPOCH)", name, kc.OpenPGPPublicKey, k.openpgpCreated.Format(time.RFC3339), bt.Format(time.RFC3339))
+			}
+		} else if cert.NotBefore.After(bt) {
+			p.close()
+			return nil, fmt.Errorf("key %s: certificate %q is valid only from %s, after the build time %s (SOURCE_DATE_EPOCH)", name, cert.Subject, cert.NotBefore.UTC().Format(time.RFC3339), bt.Format(time.RFC3339))
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(dir, workDir), 0o755); err != nil {

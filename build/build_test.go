@@ -88,7 +88,7 @@ func signRound(t *testing.T, path string, uris map[string]string, c *Config) []b
 		if err != nil {
 			t.Fatal(err)
 		}
-		named[name] = request.Key{Signer: s, Certificate: cert}
+		named[name] = request.Key{Signer: s, Certificate: cert, Kinds: c.KeyKinds(name)}
 	}
 	resp, err := request.Sign(req, named, check.Item)
 	if err != nil {
@@ -99,6 +99,26 @@ func signRound(t *testing.T, path string, uris map[string]string, c *Config) []b
 		t.Fatal(err)
 	}
 	return out
+}
+
+// verifyWith verifies dir against the build definition at cfgPath and its
+// configured certificates.
+func verifyWith(t *testing.T, dir, cfgPath string) ([]Check, error) {
+	t.Helper()
+	c, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Verify(dir, c, mustTrust(t, c))
+}
+
+func mustTrust(t *testing.T, c *Config) *Trust {
+	t.Helper()
+	tr, err := LoadTrust(c, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
 }
 
 func snapshot(t *testing.T, dir string) map[string][]byte {
@@ -219,7 +239,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 		sameSnapshot(t, "after resuming twice", after, snapshot(t, dir))
 	}
 
-	verifyAll(t, dir)
+	verifyAll(t, dir, cfgPath)
 
 	// Online, in one go, with the same keys: the same bytes.
 	online := filepath.Join(t.TempDir(), "online")
@@ -247,7 +267,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 	data, _ := os.ReadFile(efi)
 	data[len(data)/2] ^= 1
 	os.WriteFile(efi, data, 0o644)
-	checks, err := Verify(online)
+	checks, err := verifyWith(t, online, cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,6 +296,12 @@ func TestConfigErrors(t *testing.T) {
 		"verity image":  "[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nverity-image = \"none.raw\"\n",
 		"not toml":      "[[uki]\n",
 		"ipe no policy": "[ipe]\nkey = \"k\"\n",
+		// One key for two kind families needs its kinds declared, and
+		// declared kinds must cover its roles.
+		"two families": "[keys.r]\nkey = \"offline\"\n[manifest]\nopenpgp-key = \"r\"\n[ipe]\nkey = \"r\"\npolicy = \"p\"\n[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nsecure-boot-key = \"r\"\n",
+		"undeclared":   "[keys.r]\nkey = \"offline\"\nkinds = [\"manifest-pkcs7\"]\n[manifest]\nopenpgp-key = \"r\"\npkcs7-key = \"r\"\n",
+		"bad kind":     "[keys.r]\nkey = \"offline\"\nkinds = [\"bogus\"]\n",
+		"sb and pcr":   "[keys.k]\nkey = \"offline\"\n[[uki]]\noutput = \"a.efi\"\nstub = \"s\"\nlinux = \"l\"\nsecure-boot-key = \"k\"\npcr-key = \"k\"\n",
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
 		os.WriteFile(p, []byte(body), 0o644)
@@ -315,10 +341,7 @@ func FuzzLoadState(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, stateFile), data, 0o644)
-		if _, err := LoadState(dir); err != nil {
-			return
-		}
-		Verify(dir)
+		LoadState(dir)
 	})
 }
 
@@ -362,10 +385,15 @@ func TestCrashAfterJoin(t *testing.T) {
 	if err := resume(c, b, st, [][]byte{resp}); err != nil {
 		t.Fatal(err)
 	}
-	// The crash: nothing after the state was saved happened.
-	resB, err := Run(c, Options{Dir: b})
+	// The crash: nothing after the state was saved happened. The same
+	// command again (with --resume) continues the build.
+	resB, err := Run(c, Options{Dir: b, Responses: [][]byte{resp}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the same command after a crash: %v", err)
+	}
+	// Now the next request is written: the response is joined for good.
+	if _, err := Run(c, Options{Dir: b, Responses: [][]byte{resp}}); !errors.Is(err, ErrAlreadyJoined) {
+		t.Fatalf("after the rerun: %v", err)
 	}
 	if resA.Round != 2 || resB.Round != 2 {
 		t.Fatalf("rounds %d and %d, want 2", resA.Round, resB.Round)
@@ -394,7 +422,11 @@ func TestECDSA(t *testing.T) {
 		os.WriteFile(filepath.Join(keysDir, name+".crt"), data, 0o644)
 		refs[name] = k.KeyPath
 	}
-	okey, _ := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore)
+	// The OpenPGP key was published a year before this certificate was
+	// issued (a reissued, extended certificate): the build signs with the
+	// published key's creation time, and gpg, given the published key,
+	// verifies SHA256SUMS.gpg.
+	okey, _ := openpgp.NewKey(k.Cert.PublicKey, k.Cert.NotBefore.AddDate(-1, 0, 0))
 	ring, err := openpgp.ExportPublicKey(k.Signer, okey, "signet test ecdsa")
 	if err != nil {
 		t.Fatal(err)
@@ -408,7 +440,7 @@ func TestECDSA(t *testing.T) {
 	if err != nil || !res.Done {
 		t.Fatalf("online ECDSA build: %v %+v", err, res)
 	}
-	checks, err := Verify(dir)
+	checks, err := Verify(dir, c, mustTrust(t, c))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 
 	"signet.dev/keys"
 	"signet.dev/manifest"
+	"signet.dev/request"
 )
 
 // Config is a declarative image description (TOML). Paths are relative to
@@ -58,6 +60,10 @@ type KeyConfig struct {
 	// OpenPGPPublicKey is an exported OpenPGP public key of this key
 	// (optional); signet verify gives it to gpg.
 	OpenPGPPublicKey string `toml:"openpgp-public-key"`
+	// Kinds, when set, are the request kinds this key may sign (see
+	// request.Family); without it the key's roles must all be of one kind
+	// family.
+	Kinds []string `toml:"kinds"`
 }
 
 // UKIConfig describes one unified kernel image.
@@ -188,7 +194,8 @@ func (c *Config) check() error {
 		outputs[name] = true
 		return nil
 	}
-	key := func(what, name string) error {
+	used := map[string][]request.Kind{}
+	key := func(what, name string, kinds ...request.Kind) error {
 		if name == "" {
 			return nil
 		}
@@ -196,6 +203,7 @@ func (c *Config) check() error {
 		if k == nil {
 			return fmt.Errorf("%s: no [keys.%s]", what, name)
 		}
+		used[name] = append(used[name], kinds...)
 		return nil
 	}
 	for name, k := range c.Keys {
@@ -215,7 +223,7 @@ func (c *Config) check() error {
 		if im.Definitions == "" {
 			return fmt.Errorf("%s: no definitions directory", what)
 		}
-		if err := key(what, im.VerityKey); err != nil {
+		if err := key(what, im.VerityKey, request.KindVerityRootHash); err != nil {
 			return err
 		}
 		images[im.Output] = im
@@ -230,7 +238,7 @@ func (c *Config) check() error {
 				return err
 			}
 		}
-		if err := key(what, v.Key); err != nil {
+		if err := key(what, v.Key, request.KindVerityRootHash); err != nil {
 			return err
 		}
 		switch v.Cmdline {
@@ -250,10 +258,11 @@ func (c *Config) check() error {
 		if u.Stub == "" || u.Linux == "" {
 			return fmt.Errorf("%s: stub and linux are required", what)
 		}
-		for _, k := range []string{u.SecureBootKey, u.PCRKey} {
-			if err := key(what, k); err != nil {
-				return err
-			}
+		if err := key(what, u.SecureBootKey, request.KindAuthenticode); err != nil {
+			return err
+		}
+		if err := key(what, u.PCRKey, request.KindPCRPolicy); err != nil {
+			return err
 		}
 		if _, ok := images[u.VerityImage]; u.VerityImage != "" && !ok {
 			return fmt.Errorf("%s: verity-image %q is no [[image]] or [[verity]] output", what, u.VerityImage)
@@ -269,7 +278,7 @@ func (c *Config) check() error {
 		if err := output("[ipe]", c.IPE.Output); err != nil {
 			return err
 		}
-		if err := key("[ipe]", c.IPE.Key); err != nil {
+		if err := key("[ipe]", c.IPE.Key, request.KindIPEPolicy); err != nil {
 			return err
 		}
 	}
@@ -285,13 +294,59 @@ func (c *Config) check() error {
 				return err
 			}
 		}
-		for _, k := range []string{m.OpenPGPKey, m.PKCS7Key} {
-			if err := key("[manifest]", k); err != nil {
-				return err
+		if err := key("[manifest]", m.OpenPGPKey, request.KindManifestOpenPGP); err != nil {
+			return err
+		}
+		if err := key("[manifest]", m.PKCS7Key, request.KindManifestPKCS7); err != nil {
+			return err
+		}
+	}
+	return c.checkKeyKinds(used)
+}
+
+// checkKeyKinds binds each key to the kinds its roles sign: the declared
+// kinds when [keys.NAME] has kinds, else one kind family.
+func (c *Config) checkKeyKinds(used map[string][]request.Kind) error {
+	for _, name := range c.KeyNames() {
+		k := c.Keys[name]
+		if len(k.Kinds) == 0 {
+			if err := request.CheckKeyKinds(used[name], nil); err != nil {
+				return fmt.Errorf("[keys.%s]: %w (kinds = [...] declares them)", name, err)
+			}
+			continue
+		}
+		declared, err := request.ParseKinds(strings.Join(k.Kinds, ","))
+		if err != nil {
+			return fmt.Errorf("[keys.%s] kinds: %w", name, err)
+		}
+		for _, u := range used[name] {
+			if !slices.Contains(declared, u) {
+				return fmt.Errorf("[keys.%s]: its roles sign %s, which its kinds %v do not declare", name, u, k.Kinds)
 			}
 		}
 	}
 	return nil
+}
+
+// KeyKinds returns the kinds [keys.NAME] declares, or nil (then the key
+// signs one kind family); LoadConfig checked them.
+func (c *Config) KeyKinds(name string) []request.Kind {
+	k := c.Keys[name]
+	if k == nil || len(k.Kinds) == 0 {
+		return nil
+	}
+	kinds, _ := request.ParseKinds(strings.Join(k.Kinds, ","))
+	return kinds
+}
+
+// pcrKey reports whether a UKI signs its PCR policies with key name.
+func (c *Config) pcrKey(name string) bool {
+	for _, u := range c.UKIs {
+		if u.PCRKey == name {
+			return true
+		}
+	}
+	return false
 }
 
 // KeyNames lists the configured key names, sorted.
@@ -323,13 +378,13 @@ func (c *Config) Certificate(name string) (*x509.Certificate, []*x509.Certificat
 			return nil, nil, fmt.Errorf("key %s: certificate: %w", name, err)
 		}
 		if cert == nil {
-			return nil, nil, fmt.Errorf("key %s: certificate %s: not on the token", name, ref)
+			return nil, nil, fmt.Errorf("key %s: certificate %s: not on the token", name, keys.Redact(ref))
 		}
 		return cert, nil, nil
 	}
 	certs, err := keys.LoadCertificates(ref)
 	if err != nil {
-		return nil, nil, fmt.Errorf("key %s: certificate %s: %w", name, ref, err)
+		return nil, nil, fmt.Errorf("key %s: certificate %s: %w", name, keys.Redact(ref), err)
 	}
 	return certs[0], certs[1:], nil
 }

@@ -188,9 +188,9 @@ func serverConfig(t *testing.T, cfgPath string) string {
 	return p
 }
 
-func verifyAll(t *testing.T, dir string) {
+func verifyAll(t *testing.T, dir, cfgPath string) {
 	t.Helper()
-	checks, err := Verify(dir)
+	checks, err := verifyWith(t, dir, cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestServer(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "round-4.request.json")); err == nil {
 		t.Error("a fourth round was requested")
 	}
-	verifyAll(t, dir)
+	verifyAll(t, dir, cfgPath)
 
 	// Online, with the same keys: the same bytes.
 	online := filepath.Join(t.TempDir(), "online")

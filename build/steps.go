@@ -463,7 +463,13 @@ func (p *pass) manifest(m *ManifestConfig) error {
 		cert := p.keys[s.key].cert
 		var prep *manifest.Prepared
 		if s.kind == request.KindManifestOpenPGP {
-			okey, err := openpgp.NewKey(cert.PublicKey, cert.NotBefore)
+			// The configured OpenPGP key's creation time, which its
+			// fingerprint binds; the certificate's notBefore without one.
+			created := cert.NotBefore
+			if t := p.keys[s.key].openpgpCreated; !t.IsZero() {
+				created = t
+			}
+			okey, err := openpgp.NewKey(cert.PublicKey, created)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"signet.dev/cms"
 	"signet.dev/image"
 	"signet.dev/ipe"
+	"signet.dev/keys"
 	"signet.dev/manifest"
 	"signet.dev/measure"
 	"signet.dev/uki"
@@ -33,44 +35,152 @@ type Check struct {
 	// Err is nil when the check passed; ErrPeerMissing when the peer is
 	// not installed.
 	Err error
+	// Info, when set, is a finding reported apart from the checks, such
+	// as a certificate's extended key usage: it fails nothing.
+	Info string
 }
 
 // ErrPeerMissing marks a check skipped because its peer tool is not
 // installed.
 var ErrPeerMissing = errors.New("not installed")
 
-// Verify checks every output of a finished build directory with signet's
-// own verifiers and, where installed, the real peers (sbverify,
-// osslsigncode, openssl, veritysetup, gpg, sha256sum), against the
-// certificates recorded in the build state. It needs nothing but the
-// directory.
-func Verify(dir string) ([]Check, error) {
-	st, err := LoadState(dir)
-	if err != nil {
-		return nil, err
-	}
-	if !st.Done {
-		return nil, fmt.Errorf("%s: the build is not complete (%s)", dir, waitingFor(st))
-	}
-	certs := map[string]*x509.Certificate{}
-	for name, der := range st.Certificates {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("state: certificate of key %s: %w", name, err)
+// ErrNotFound marks an output the build definition expects and the build
+// directory does not hold.
+var ErrNotFound = errors.New("expected output not found")
+
+// Trust is what a verification trusts, by key name: the certificates the
+// signatures must chain to (each certificate itself is the trust anchor)
+// and the OpenPGP public keys for gpg. It comes from the user, never from
+// the directory verified.
+type Trust struct {
+	Certificates map[string]*x509.Certificate
+	OpenPGPKeys  map[string][]byte
+}
+
+// LoadTrust gathers the trust anchors of every key c names: the
+// certificate given in certs (key name to file) or else the configured
+// one, and the OpenPGP public key given in openpgpKeys or else the
+// configured openpgp-public-key. A key with neither is left out: the
+// outputs it signs then fail verification, naming it.
+func LoadTrust(c *Config, certs, openpgpKeys map[string]string) (*Trust, error) {
+	t := &Trust{Certificates: map[string]*x509.Certificate{}, OpenPGPKeys: map[string][]byte{}}
+	for name := range certs {
+		if c.Keys[name] == nil {
+			return nil, fmt.Errorf("--certificate %s: no [keys.%s] in the configuration", name, name)
 		}
-		certs[name] = c
+	}
+	for name := range openpgpKeys {
+		if c.Keys[name] == nil {
+			return nil, fmt.Errorf("--openpgp-key %s: no [keys.%s] in the configuration", name, name)
+		}
+	}
+	for _, name := range c.KeyNames() {
+		k := c.Keys[name]
+		if ref := certs[name]; ref != "" {
+			cs, err := keys.LoadCertificates(ref)
+			if err != nil {
+				return nil, fmt.Errorf("--certificate %s: %s: %w", name, keys.Redact(ref), err)
+			}
+			t.Certificates[name] = cs[0]
+		} else if k.Certificate != "" {
+			cert, _, err := c.Certificate(name)
+			if err != nil {
+				return nil, err
+			}
+			t.Certificates[name] = cert
+		}
+		ref := openpgpKeys[name]
+		if ref == "" && k.OpenPGPPublicKey != "" {
+			ref = c.Path(k.OpenPGPPublicKey)
+		}
+		if ref != "" {
+			ring, err := os.ReadFile(ref)
+			if err != nil {
+				return nil, fmt.Errorf("key %s: OpenPGP public key: %w", name, err)
+			}
+			t.OpenPGPKeys[name] = ring
+		}
+	}
+	return t, nil
+}
+
+// ExpectedOutputs lists the outputs a finished build of c holds, with the
+// keys each carries, in the order the build makes them.
+func ExpectedOutputs(c *Config) []Output {
+	var outs []Output
+	for _, v := range c.Verity {
+		outs = append(outs, Output{File: v.Output, Kind: "verity-data"}, Output{File: v.Output + ".verity", Kind: "verity-hash"},
+			Output{File: v.Output + ".roothash", Kind: "verity-roothash"})
+		if v.Key != "" {
+			outs = append(outs, Output{File: v.Output + ".roothash.p7s", Kind: "verity-signature", Keys: map[string]string{"signer": v.Key}})
+		}
+	}
+	for _, im := range c.Images {
+		o := Output{File: im.Output, Kind: "image", Keys: map[string]string{}}
+		if im.VerityKey != "" {
+			o.Keys["verity"] = im.VerityKey
+		}
+		outs = append(outs, o)
+	}
+	for _, u := range c.UKIs {
+		o := Output{File: u.Output, Kind: "uki", Keys: map[string]string{}}
+		if u.PCRKey != "" {
+			o.Keys["pcr"] = u.PCRKey
+			o.Banks = orDefault(u.PCRBanks, []string{"sha256"})
+			o.Phases, _ = measure.ParsePhases(u.Phases)
+		}
+		if u.SecureBootKey != "" {
+			o.Keys["secure-boot"] = u.SecureBootKey
+		}
+		outs = append(outs, o)
+	}
+	if c.IPE != nil {
+		outs = append(outs, Output{File: c.IPE.Output, Kind: "ipe", Keys: map[string]string{"signer": c.IPE.Key}})
+	}
+	if m := c.Manifest; m != nil {
+		outs = append(outs, Output{File: m.Output, Kind: "manifest"})
+		if m.OpenPGPKey != "" {
+			outs = append(outs, Output{File: m.Output + ".gpg", Kind: "manifest-openpgp", Keys: map[string]string{"signer": m.OpenPGPKey}})
+		}
+		if m.PKCS7Key != "" {
+			outs = append(outs, Output{File: m.Output + ".p7s", Kind: "manifest-pkcs7", Keys: map[string]string{"signer": m.PKCS7Key}})
+		}
+	}
+	return outs
+}
+
+// Verify checks every output the build definition c expects in the build
+// directory dir, with signet's own verifiers and, where installed, the
+// real peers (sbverify, osslsigncode, openssl, veritysetup, gpg,
+// sha256sum), against the trust anchors t. Nothing in dir is trusted: not
+// its state, not its certificates, not its list of outputs. An expected
+// output that is missing fails with ErrNotFound; a file the manifest lists
+// that the build does not make fails the manifest's check.
+func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, err
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("%s: not a directory", dir)
 	}
 	tmp, err := os.MkdirTemp("", "signet-verify-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	v := &verifier{dir: dir, tmp: tmp, st: st, certs: certs}
-	for _, o := range st.Outputs {
-		if err := manifest.ValidName(o.File); err != nil {
-			return nil, fmt.Errorf("state: output %q: %w", o.File, err)
+	v := &verifier{dir: dir, tmp: tmp, trust: t, eku: map[string]bool{}}
+	outs := ExpectedOutputs(c)
+	for _, o := range outs {
+		v.expected = append(v.expected, o.File)
+	}
+	for _, o := range outs {
+		if _, err := os.Lstat(v.path(o.File)); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				err = ErrNotFound
+			}
+			v.add(o.File, "signet", "present", err)
+			continue
 		}
-		cert := func(role string) *x509.Certificate { return certs[o.Keys[role]] }
+		cert := func(role string) *x509.Certificate { return v.cert(o.File, o.Keys[role]) }
 		switch o.Kind {
 		case "uki":
 			v.uki(o, cert("secure-boot"), cert("pcr"))
@@ -90,8 +200,6 @@ func Verify(dir string) ([]Check, error) {
 			v.manifestPKCS7(o, cert("signer"))
 		case "manifest-openpgp":
 			v.manifestOpenPGP(o)
-		default:
-			return nil, fmt.Errorf("state: output %s has unknown kind %q", o.File, o.Kind)
 		}
 	}
 	return v.checks, nil
@@ -99,10 +207,52 @@ func Verify(dir string) ([]Check, error) {
 
 type verifier struct {
 	dir, tmp string
-	st       *State
-	certs    map[string]*x509.Certificate
+	trust    *Trust
+	expected []string
 	checks   []Check
 	n        int
+	eku      map[string]bool // keys whose EKU was reported
+}
+
+// cert returns the trusted certificate of key name for file, nil when no
+// key is named; a key without a trusted certificate fails a check naming
+// it (and returns nil). Each key's extended key usage is reported once,
+// apart from the signature checks: firmware, the kernel and systemd do not
+// judge it, so the peers are run to ignore it (openssl -purpose any).
+func (v *verifier) cert(file, name string) *x509.Certificate {
+	if name == "" {
+		return nil
+	}
+	c := v.trust.Certificates[name]
+	if c == nil {
+		v.add(file, "signet", "trusted certificate of key "+name, fmt.Errorf("none given (--certificate %s=FILE, or certificate in [keys.%s])", name, name))
+		return nil
+	}
+	if !v.eku[name] {
+		v.eku[name] = true
+		v.checks = append(v.checks, Check{File: file, By: "signet", What: "certificate of key " + name, Info: ekuString(c)})
+	}
+	return c
+}
+
+func ekuString(c *x509.Certificate) string {
+	names := map[x509.ExtKeyUsage]string{x509.ExtKeyUsageAny: "any", x509.ExtKeyUsageServerAuth: "serverAuth", x509.ExtKeyUsageClientAuth: "clientAuth",
+		x509.ExtKeyUsageCodeSigning: "codeSigning", x509.ExtKeyUsageEmailProtection: "emailProtection", x509.ExtKeyUsageTimeStamping: "timeStamping"}
+	var l []string
+	for _, u := range c.ExtKeyUsage {
+		if n, ok := names[u]; ok {
+			l = append(l, n)
+		} else {
+			l = append(l, fmt.Sprintf("usage %d", u))
+		}
+	}
+	for _, o := range c.UnknownExtKeyUsage {
+		l = append(l, o.String())
+	}
+	if len(l) == 0 {
+		return fmt.Sprintf("%s: no extended key usage", c.Subject)
+	}
+	return fmt.Sprintf("%s: extended key usage %s (not judged: firmware, kernel and systemd ignore it)", c.Subject, strings.Join(l, ", "))
 }
 
 func (v *verifier) add(file, by, what string, err error) {
@@ -311,12 +461,14 @@ func (v *verifier) image(o Output, cert *x509.Certificate) {
 			continue
 		}
 		if cert == nil {
-			v.add(o.File, "signet", what, errors.New("no verity certificate recorded"))
+			if o.Keys["verity"] == "" {
+				v.add(o.File, "signet", what, errors.New("a verity signature, but the build definition names no verity-key"))
+			}
 			continue
 		}
 		v.add(o.File, "signet", what+" root hash signature", pl.Verify([]*x509.Certificate{cert}))
 		rhHex := hex.EncodeToString(pl.RootHash)
-		v.peer(o.File, what+" root hash signature", "", "openssl", "smime", "-verify", "-binary", "-inform", "DER",
+		v.peer(o.File, what+" root hash signature", "", "openssl", "smime", "-verify", "-purpose", "any", "-partial_chain", "-binary", "-inform", "DER",
 			"-in", v.tmpFile("roothash.p7s", pl.Signature), "-content", v.tmpFile("roothash", []byte(rhHex)), "-CAfile", v.certFile(cert), "-out", os.DevNull)
 		// The data and hash partitions carry the two halves of the root
 		// hash as their UUIDs (systemd-repart).
@@ -357,12 +509,15 @@ func (v *verifier) image(o Output, cert *x509.Certificate) {
 }
 
 func (v *verifier) ipe(o Output, cert *x509.Certificate) {
+	if cert == nil {
+		return
+	}
 	der, err := os.ReadFile(v.path(o.File))
 	if err == nil {
 		_, _, err = ipe.Verify(der, cert)
 	}
 	v.add(o.File, "signet", "IPE policy PKCS#7", err)
-	v.peer(o.File, "IPE policy PKCS#7", "", "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", v.path(o.File), "-CAfile", v.certFile(cert), "-out", os.DevNull)
+	v.peer(o.File, "IPE policy PKCS#7", "", "openssl", "cms", "-verify", "-purpose", "any", "-partial_chain", "-binary", "-inform", "DER", "-in", v.path(o.File), "-CAfile", v.certFile(cert), "-out", os.DevNull)
 }
 
 func (v *verifier) manifest(o Output) {
@@ -371,6 +526,9 @@ func (v *verifier) manifest(o Output) {
 		var entries []manifest.Entry
 		if entries, err = manifest.Parse(data); err == nil {
 			err = manifest.Check(v.dir, entries, nil)
+		}
+		if err == nil {
+			err = v.listsExpected(o.File, entries)
 		}
 	}
 	v.add(o.File, "signet", "files match", err)
@@ -385,7 +543,35 @@ func (v *verifier) manifest(o Output) {
 	}
 }
 
+// listsExpected checks that a manifest lists exactly the outputs the build
+// definition expects (all but the manifest and its signatures).
+func (v *verifier) listsExpected(file string, entries []manifest.Entry) error {
+	listed := map[string]bool{}
+	for _, e := range entries {
+		listed[e.Name] = true
+	}
+	want := map[string]bool{}
+	for _, name := range v.expected {
+		if name == file || name == file+".gpg" || name == file+".p7s" {
+			continue
+		}
+		want[name] = true
+		if !listed[name] {
+			return fmt.Errorf("does not list %s, an output of the build definition", name)
+		}
+	}
+	for _, e := range entries {
+		if !want[e.Name] {
+			return fmt.Errorf("lists %s, which the build definition does not make", e.Name)
+		}
+	}
+	return nil
+}
+
 func (v *verifier) manifestPKCS7(o Output, cert *x509.Certificate) {
+	if cert == nil {
+		return
+	}
 	sums := strings.TrimSuffix(o.File, ".p7s")
 	m, err1 := os.ReadFile(v.path(sums))
 	sig, err2 := os.ReadFile(v.path(o.File))
@@ -394,15 +580,15 @@ func (v *verifier) manifestPKCS7(o Output, cert *x509.Certificate) {
 		_, err = manifest.VerifyPKCS7(m, sig, cert)
 	}
 	v.add(o.File, "signet", "PKCS#7 signature of "+sums, err)
-	v.peer(o.File, "PKCS#7 signature of "+sums, "", "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", v.path(o.File),
+	v.peer(o.File, "PKCS#7 signature of "+sums, "", "openssl", "cms", "-verify", "-purpose", "any", "-partial_chain", "-binary", "-inform", "DER", "-in", v.path(o.File),
 		"-content", v.path(sums), "-CAfile", v.certFile(cert), "-out", os.DevNull)
 }
 
 func (v *verifier) manifestOpenPGP(o Output) {
 	sums := strings.TrimSuffix(o.File, ".gpg")
-	ring := v.st.OpenPGPKeys[o.Keys["signer"]]
+	ring := v.trust.OpenPGPKeys[o.Keys["signer"]]
 	if ring == nil {
-		v.add(o.File, "signet", "OpenPGP signature of "+sums, fmt.Errorf("no OpenPGP public key for key %s (openpgp-public-key in the configuration)", o.Keys["signer"]))
+		v.add(o.File, "signet", "OpenPGP signature of "+sums, fmt.Errorf("no OpenPGP public key for key %s (--openpgp-key %s=FILE, or openpgp-public-key in the configuration)", o.Keys["signer"], o.Keys["signer"]))
 		return
 	}
 	m, err1 := os.ReadFile(v.path(sums))
@@ -514,8 +700,8 @@ func (v *verifier) veritySignature(o Output, cert *x509.Certificate) {
 	rh, err1 := os.ReadFile(v.path(rhFile))
 	der, err2 := os.ReadFile(v.path(o.File))
 	err := errors.Join(err1, err2)
-	if err == nil && cert == nil {
-		err = errors.New("no certificate recorded")
+	if cert == nil {
+		return
 	}
 	if err == nil {
 		var sd *cms.SignedData
@@ -525,7 +711,7 @@ func (v *verifier) veritySignature(o Output, cert *x509.Certificate) {
 	}
 	v.add(o.File, "signet", "root hash signature", err)
 	if cert != nil {
-		v.peer(o.File, "root hash signature", "", "openssl", "smime", "-verify", "-binary", "-inform", "DER", "-in", v.path(o.File),
+		v.peer(o.File, "root hash signature", "", "openssl", "smime", "-verify", "-purpose", "any", "-partial_chain", "-binary", "-inform", "DER", "-in", v.path(o.File),
 			"-content", v.path(rhFile), "-CAfile", v.certFile(cert), "-out", os.DevNull)
 	}
 }

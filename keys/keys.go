@@ -16,6 +16,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -39,7 +40,52 @@ var ErrPKCS11Unavailable = errors.New("PKCS#11 support is not available in this 
 
 // Open returns the signer for a key reference. source is "file" (or empty),
 // or "provider:pkcs11"; other sources are refused by name.
+//
+// The key must meet CheckPolicy: a weaker or unknown key is refused here,
+// before anything is signed with it.
 func Open(source, ref string) (Signer, error) {
+	s, err := open(source, ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckPolicy(s.Public()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("private key %s: %w", Redact(ref), err)
+	}
+	return s, nil
+}
+
+// ErrKeyPolicy marks a key refused by CheckPolicy.
+var ErrKeyPolicy = errors.New("signet signs with RSA 2048 to 4096 bits, ECDSA P-256 or P-384, or Ed25519")
+
+// CheckPolicy accepts the keys signet signs with: RSA of 2048 to 4096 bits,
+// ECDSA on P-256 or P-384, and Ed25519.
+func CheckPolicy(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if n := k.N.BitLen(); n >= 2048 && n <= 4096 {
+			return nil
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() {
+			return nil
+		}
+	case ed25519.PublicKey:
+		return nil
+	}
+	return fmt.Errorf("%s: %w", Describe(pub), ErrKeyPolicy)
+}
+
+// PCRPolicyWarning is a warning for a PCR policy signing key that TPMs may
+// refuse to load (many take RSA-2048 only), or "".
+func PCRPolicyWarning(pub crypto.PublicKey) string {
+	if k, ok := pub.(*rsa.PublicKey); ok && k.N.BitLen() > 2048 {
+		return fmt.Sprintf("warning: the PCR policy key is RSA-%d: many TPMs load only RSA-2048 keys for policy checks (TPM2_LoadExternal), so systemd may fail to unlock with it", k.N.BitLen())
+	}
+	return ""
+}
+
+func open(source, ref string) (Signer, error) {
 	if ref == "" {
 		return nil, errors.New("no private key given")
 	}
@@ -52,7 +98,7 @@ func Open(source, ref string) (Signer, error) {
 	case source == "" || source == "file":
 		return LoadPrivateKeyFile(ref)
 	case source == "provider:pkcs11" || source == "pkcs11":
-		return nil, fmt.Errorf("private key %q: provider:pkcs11 needs a pkcs11: URI", ref)
+		return nil, fmt.Errorf("private key %q: provider:pkcs11 needs a pkcs11: URI", Redact(ref))
 	default:
 		return nil, fmt.Errorf("private key source %q: not supported (use file or provider:pkcs11)", source)
 	}

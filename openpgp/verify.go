@@ -28,7 +28,8 @@ var ErrUnknownSigner = errors.New("openpgp: the signature was made by a key that
 
 // VerifyDetached checks a detached signature (binary or ASCII-armored) over
 // data against a keyring of public keys (binary or armored, as gpg exports
-// them). It uses an independent OpenPGP implementation
+// them). Version 3 signatures (RSA, not over SHA-1) are accepted as OBS
+// publishes them. It uses an independent OpenPGP implementation
 // (github.com/ProtonMail/go-crypto), not the code that wrote the signature.
 func VerifyDetached(keyring, data, signature []byte) (*Verified, error) {
 	var ring pgp.EntityList
@@ -55,6 +56,13 @@ func VerifyDetached(keyring, data, signature []byte) (*Verified, error) {
 		if sigBytes, err = io.ReadAll(blk.Body); err != nil {
 			return nil, fmt.Errorf("openpgp: signature armor: %w", err)
 		}
+	}
+	if isV3(sigBytes) {
+		v, err := verifyV3(ring, data, sigBytes)
+		if err == nil {
+			sort.Strings(v.UserIDs)
+		}
+		return v, err
 	}
 	verify := func(now time.Time) {
 		cfg := &pgppacket.Config{Time: func() time.Time { return now }}

@@ -38,8 +38,9 @@ var families = map[Kind]string{
 func Family(k Kind) string { return families[k] }
 
 // CheckKeyKinds accepts the kinds one key may sign when they are all of
-// one family, or when shared names exactly the kinds that cross families:
-// an explicit, reviewed decision to accept cross-protocol signatures.
+// one family, or when shared names exactly the kinds that cross families
+// (all of them): an explicit, reviewed decision to accept cross-protocol
+// signatures. The error names the kinds and their families.
 func CheckKeyKinds(kinds []Kind, shared []Kind) error {
 	fams := map[string][]Kind{}
 	for _, k := range kinds {
@@ -52,9 +53,6 @@ func CheckKeyKinds(kinds []Kind, shared []Kind) error {
 		}
 	}
 	if len(fams) <= 1 {
-		if len(shared) > 0 {
-			return fmt.Errorf("shared kinds %v given, but the kinds %v are of one family", shared, kinds)
-		}
 		return nil
 	}
 	var crossing []Kind
@@ -73,4 +71,17 @@ func CheckKeyKinds(kinds []Kind, shared []Kind) error {
 			"give each family its own key, or list exactly these kinds as shared to accept that", crossing, strings.Join(names, ", "))
 	}
 	return nil
+}
+
+// ParseKinds parses a comma-separated list of kinds.
+func ParseKinds(s string) ([]Kind, error) {
+	var out []Kind
+	for _, f := range strings.Split(s, ",") {
+		k := Kind(strings.TrimSpace(f))
+		if Family(k) == "" {
+			return nil, fmt.Errorf("kind %q: not one of %v", k, Kinds)
+		}
+		out = append(out, k)
+	}
+	return out, nil
 }

@@ -2,6 +2,9 @@ package request
 
 import (
 	"bytes"
+	"crypto"
+	_ "crypto/sha1" // to name a SHA-1 signature (obs-sign's default)
+	_ "crypto/sha512"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -9,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/cavaliergopher/cpio"
+
+	"signet.dev/keys"
 )
 
 // OBS interop. The Open Build Service signs in bulk: a newc cpio archive
@@ -120,7 +125,39 @@ func ImportOBS(rd io.Reader, r *Request, certs map[string]*x509.Certificate) (*R
 		return nil, fmt.Errorf("OBS signature cpio: %s.sig answers no item of the request", id)
 	}
 	if _, err := Verify(r, resp, certs); err != nil {
+		for i, it := range r.Items {
+			if h := otherHash(&it, resp.Items[i].Signature, certs[it.Key]); h != "" {
+				return nil, fmt.Errorf("item %q: %w: signet expected a signature over the %s digest, the signature is over the %s digest (obs-sign signs SHA-1 by default: run it with -h sha256)", it.ID, ErrBadSignature, hashLabel(it.Hash), h)
+			}
+		}
 		return nil, err
 	}
 	return resp, nil
+}
+
+// otherHash names the hash a signature that does not verify over the item
+// with its own hash was made with, if it is one of the others a signer
+// might have used; "" if none (or it verifies).
+func otherHash(it *Item, sig []byte, cert *x509.Certificate) string {
+	if keys.Verify(cert.PublicKey, it.CryptoHash(), it.TBS, sig) == nil {
+		return ""
+	}
+	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA224, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		if h != it.CryptoHash() && keys.Verify(cert.PublicKey, h, it.TBS, sig) == nil {
+			return h.String()
+		}
+	}
+	return ""
+}
+
+func hashLabel(name string) string {
+	switch name {
+	case "sha256":
+		return "SHA-256"
+	case "sha384":
+		return "SHA-384"
+	case "sha512":
+		return "SHA-512"
+	}
+	return name
 }

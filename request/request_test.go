@@ -119,11 +119,22 @@ func TestStrict(t *testing.T) {
 	}
 }
 
+// kindsOf declares every kind r asks key for.
+func kindsOf(r *Request, key string) []Kind {
+	var ks []Kind
+	for _, it := range r.Items {
+		if it.Key == key {
+			ks = append(ks, it.Kind)
+		}
+	}
+	return ks
+}
+
 func signAll(t *testing.T, r *Request, k *testkeys.Key) *Response {
 	t.Helper()
 	named := map[string]Key{}
 	for _, it := range r.Items {
-		named[it.Key] = Key{Signer: k.Signer, Certificate: k.Cert}
+		named[it.Key] = Key{Signer: k.Signer, Certificate: k.Cert, Kinds: kindsOf(r, it.Key)}
 	}
 	resp, err := Sign(r, named, func(*Item) error { return nil })
 	if err != nil {
@@ -212,6 +223,46 @@ func TestSignRefusesOnCheck(t *testing.T) {
 	}
 }
 
+// TestSignKeyKinds shows a key signs one kind family unless declared, and
+// only its declared kinds when declared: the whole request is refused,
+// naming the item, its kind and the key.
+func TestSignKeyKinds(t *testing.T) {
+	k := testkeys.Generate(t, testkeys.RSA2048)
+	ok := func(*Item) error { return nil }
+	r := sample()
+	// One key for an Authenticode and a PCR item, undeclared: refused.
+	r.Items[1].Key = "db"
+	named := map[string]Key{}
+	for _, it := range r.Items {
+		named[it.Key] = Key{Signer: k.Signer, Certificate: k.Cert, Kinds: kindsOf(r, it.Key)}
+	}
+	named["db"] = Key{Signer: k.Signer, Certificate: k.Cert}
+	_, err := Sign(r, named, ok)
+	if err == nil || !strings.Contains(err.Error(), `item "pcrs/uki.efi/`) || !strings.Contains(err.Error(), "(kind pcr-policy)") || !strings.Contains(err.Error(), `key "db"`) {
+		t.Fatalf("two families on an undeclared key: %v", err)
+	}
+	// Declared for both: signed.
+	named["db"] = Key{Signer: k.Signer, Certificate: k.Cert, Kinds: []Kind{KindAuthenticode, KindPCRPolicy}}
+	if _, err := Sign(r, named, ok); err != nil {
+		t.Fatalf("declared kinds: %v", err)
+	}
+	// Declared for Authenticode only: the PCR item is refused, and so is
+	// the whole request.
+	named["db"] = Key{Signer: k.Signer, Certificate: k.Cert, Kinds: []Kind{KindAuthenticode}}
+	if _, err := SignPartial(r, named, ok); err == nil || !strings.Contains(err.Error(), "(kind pcr-policy) refused") {
+		t.Fatalf("undeclared kind: %v", err)
+	}
+	// Undeclared, one family of three kinds: signed.
+	r = sample()
+	r.Items[5].Key = "verity"
+	r.Items[4].Key = "verity"
+	named = map[string]Key{"verity": {Signer: k.Signer, Certificate: k.Cert}}
+	resp, err := SignPartial(r, named, ok)
+	if err != nil || len(resp.Items) != 3 {
+		t.Fatalf("one family: %v", err)
+	}
+}
+
 // TestOBS exports a request, unpacks it with GNU cpio, signs every file as
 // OBS does (openssl dgst -sha256 -sign), packs <name>.sig with GNU cpio and
 // imports the result.
@@ -278,6 +329,13 @@ func TestOBS(t *testing.T) {
 	if _, err := ImportOBS(bytes.NewReader(pack(names)), r, bad); !errors.Is(err, ErrBadSignature) {
 		t.Errorf("wrong certificate: %v", err)
 	}
+	// obs-sign's default hash: the error names the hash expected and the
+	// one the signature used.
+	testenv.Run(t, "openssl", "dgst", "-sha1", "-sign", k.KeyPath, "-out", filepath.Join(in, names[2]), filepath.Join(in, r.Items[2].ID))
+	_, err = ImportOBS(bytes.NewReader(pack(names)), r, certs)
+	if !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "expected a signature over the SHA-256 digest, the signature is over the SHA-1 digest") || !strings.Contains(err.Error(), r.Items[2].ID) {
+		t.Errorf("SHA-1 signature: %v", err)
+	}
 	r.Items[0].Hash = "sha384"
 	if err := ExportOBS(&buf, r); err == nil {
 		t.Error("a sha384 item was exported for OBS")
@@ -335,7 +393,7 @@ func TestPartialAndMerge(t *testing.T) {
 	for _, keyset := range [][]string{{"db", "pcr"}, {"verity", "release"}, {"ipe"}} {
 		named := map[string]Key{}
 		for _, n := range keyset {
-			named[n] = Key{Signer: k.Signer, Certificate: k.Cert}
+			named[n] = Key{Signer: k.Signer, Certificate: k.Cert, Kinds: kindsOf(r, n)}
 		}
 		p, err := SignPartial(r, named, check)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 
 	"signet.dev/keys"
@@ -16,6 +17,11 @@ type Key struct {
 	Signer      crypto.Signer
 	Certificate *x509.Certificate
 	Chain       []*x509.Certificate
+	// Kinds, when set, are the only kinds this key signs (a declaration,
+	// which may cross families). When empty, the key signs the kinds of
+	// one family (see Family), and a request asking it for two families
+	// is refused whole.
+	Kinds []Kind
 }
 
 // CheckFunc checks an item's content before it is signed; package
@@ -58,6 +64,9 @@ func sign(r *Request, named map[string]Key, check CheckFunc, partial bool) (*Res
 			return nil, fmt.Errorf("item %q refused: %w", it.ID, err)
 		}
 	}
+	if err := checkKinds(todo, named); err != nil {
+		return nil, err
+	}
 	// Sign on every core: RSA signing and verifying dominate a large
 	// request, and crypto.Signers (file keys, crypto11 sessions) are safe
 	// for concurrent use.
@@ -86,6 +95,32 @@ func sign(r *Request, named map[string]Key, check CheckFunc, partial bool) (*Res
 		return nil, err
 	}
 	return &Response{Format: FormatResponse, Request: r.DigestString(), Items: sigs}, nil
+}
+
+// checkKinds refuses an item whose kind its key may not sign: one outside
+// the key's declared kinds, or, for an undeclared key, one of another
+// family than the key's other items in the request. The whole request is
+// refused, so no family is signed by default on the strength of item order.
+func checkKinds(todo []*Item, named map[string]Key) error {
+	first := map[string]*Item{}
+	for _, it := range todo {
+		k := named[it.Key]
+		if len(k.Kinds) > 0 {
+			if !slices.Contains(k.Kinds, it.Kind) {
+				return fmt.Errorf("item %q (kind %s) refused: key %q is declared to sign only %v", it.ID, it.Kind, it.Key, k.Kinds)
+			}
+			continue
+		}
+		f, ok := first[it.Key]
+		if !ok {
+			first[it.Key] = it
+			continue
+		}
+		if Family(f.Kind) != Family(it.Kind) {
+			return fmt.Errorf("item %q (kind %s) refused: key %q also signs item %q of kind %s, another family; a key signs one kind family unless its kinds are declared", it.ID, it.Kind, it.Key, f.ID, f.Kind)
+		}
+	}
+	return nil
 }
 
 func signItem(it *Item, k Key) (Signature, error) {

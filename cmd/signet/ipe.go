@@ -100,7 +100,7 @@ Offline: sign POLICY --certificate=CERT --prepare-offline-signing --output=TBS
 				}
 				defer s.Close()
 				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("%s and %s: %w", kf.privateKey, kf.certificate, err)
+					return fmt.Errorf("%s and %s: %w", keys.Redact(kf.privateKey), keys.Redact(kf.certificate), err)
 				}
 				signer = s
 			}

@@ -44,10 +44,10 @@ func (k *keyFlags) cert() (*x509.Certificate, error) {
 	if strings.HasPrefix(k.certificate, "pkcs11:") {
 		c, err := keys.PKCS11Certificate(k.certificate)
 		if err != nil {
-			return nil, fmt.Errorf("certificate %s: %w", k.certificate, err)
+			return nil, fmt.Errorf("certificate %s: %w", keys.Redact(k.certificate), err)
 		}
 		if c == nil {
-			return nil, fmt.Errorf("certificate %s: not found on the token", k.certificate)
+			return nil, fmt.Errorf("certificate %s: not found on the token", keys.Redact(k.certificate))
 		}
 		return c, nil
 	}
@@ -71,7 +71,7 @@ func (k *keyFlags) signerAndCert() (keys.Signer, *x509.Certificate, error) {
 	}
 	if err := keys.CheckPair(s, cert); err != nil {
 		s.Close()
-		return nil, nil, fmt.Errorf("%s and %s: %w", k.privateKey, k.certificate, err)
+		return nil, nil, fmt.Errorf("%s and %s: %w", keys.Redact(k.privateKey), keys.Redact(k.certificate), err)
 	}
 	return s, cert, nil
 }

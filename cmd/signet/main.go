@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"signet.dev/keys"
 )
 
 // multiCall maps the names signet answers to when invoked through a symlink
@@ -44,6 +46,8 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
+	root.Version = versionString()
+	root.SetVersionTemplate("{{.Version}}\n")
 	for _, c := range commands {
 		root.AddCommand(c())
 	}
@@ -65,7 +69,8 @@ func run(argv []string) int {
 	root := newRoot()
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		// Whatever path an error took, no PIN reaches the terminal.
+		fmt.Fprintf(os.Stderr, "%s: %s\n", name, keys.RedactText(err.Error()))
 		var ee *exitError
 		if errors.As(err, &ee) {
 			return ee.code

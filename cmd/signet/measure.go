@@ -153,7 +153,7 @@ func (m *measureFlags) publicKeyFor(signer crypto.Signer) (crypto.PublicKey, err
 		if src == "" {
 			src = m.key.certificate
 		}
-		return nil, fmt.Errorf("private key %s does not match the public key in %s", m.key.privateKey, src)
+		return nil, fmt.Errorf("private key %s does not match the public key in %s", keys.Redact(m.key.privateKey), keys.Redact(src))
 	}
 	return pub, nil
 }
@@ -231,6 +231,9 @@ systemd 258.10 does.`,
 				return err
 			}
 			defer signer.Close()
+			if w := keys.PCRPolicyWarning(signer.Public()); w != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), w)
+			}
 			pub, err := sf.publicKeyFor(signer)
 			if err != nil {
 				return err
@@ -275,6 +278,9 @@ signatures in.`,
 					return err
 				}
 				defer signer.Close()
+				if w := keys.PCRPolicyWarning(signer.Public()); w != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), w)
+				}
 			}
 			var cs crypto.Signer
 			if signer != nil {

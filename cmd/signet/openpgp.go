@@ -64,7 +64,7 @@ func (f *pgpKeyFlags) key(needSigner bool) (*openpgp.Key, *x509.Certificate, key
 			return nil, nil, nil, err
 		}
 		if pub != nil && !keys.SamePublicKey(pub, p) {
-			return nil, nil, nil, fmt.Errorf("%s is not the key of certificate %s", f.publicKey, f.certificate)
+			return nil, nil, nil, fmt.Errorf("%s is not the key of certificate %s", f.publicKey, keys.Redact(f.certificate))
 		}
 		pub = p
 	}
@@ -78,7 +78,7 @@ func (f *pgpKeyFlags) key(needSigner bool) (*openpgp.Key, *x509.Certificate, key
 		}
 		if pub != nil && !keys.SamePublicKey(pub, signer.Public()) {
 			signer.Close()
-			return nil, nil, nil, fmt.Errorf("private key %s does not match the public key of %s%s", f.privateKey, f.certificate, f.publicKey)
+			return nil, nil, nil, fmt.Errorf("private key %s does not match the public key of %s%s", keys.Redact(f.privateKey), keys.Redact(f.certificate), f.publicKey)
 		}
 		pub = signer.Public()
 	}

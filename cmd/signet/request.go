@@ -77,16 +77,16 @@ func loadCert(ref string) (*x509.Certificate, []*x509.Certificate, error) {
 	if strings.HasPrefix(ref, "pkcs11:") {
 		c, err := keys.PKCS11Certificate(ref)
 		if err != nil {
-			return nil, nil, fmt.Errorf("certificate %s: %w", ref, err)
+			return nil, nil, fmt.Errorf("certificate %s: %w", keys.Redact(ref), err)
 		}
 		if c == nil {
-			return nil, nil, fmt.Errorf("certificate %s: not found on the token", ref)
+			return nil, nil, fmt.Errorf("certificate %s: not found on the token", keys.Redact(ref))
 		}
 		return c, nil, nil
 	}
 	certs, err := keys.LoadCertificates(ref)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate %s: %w", ref, err)
+		return nil, nil, fmt.Errorf("certificate %s: %w", keys.Redact(ref), err)
 	}
 	return certs[0], certs[1:], nil
 }
@@ -108,7 +108,7 @@ func loadCerts(flag string, vals []string) (map[string]*x509.Certificate, error)
 }
 
 func newRequestSignCmd() *cobra.Command {
-	var keyVals, certVals []string
+	var keyVals, certVals, kindVals []string
 	var output string
 	var partial bool
 	cmd := &cobra.Command{
@@ -122,7 +122,14 @@ item's key name, verifies each signature, and writes the response.
 --certificate NAME=CERT gives its certificate (PEM/DER file, or pkcs11: URI);
 for a pkcs11: key without one, the certificate on the token with the same
 URI is used. With --partial, only the items of the given keys are signed,
-for signet request merge (or several signet build --resume=) to combine.`,
+for signet request merge (or several signet build --resume=) to combine.
+
+A key signs the kinds of one family: authenticode; pcr-policy;
+verity-roothash, ipe-policy and manifest-pkcs7 (attribute-less PKCS#7 over
+content of disjoint, strictly checked languages); manifest-openpgp. A
+request asking one key for two families is refused whole, naming the item,
+its kind and the key, unless --key-kinds NAME=KIND,KIND declares the kinds
+that key signs (then it signs those and no other).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output == "" {
@@ -137,6 +144,10 @@ for signet request merge (or several signet build --resume=) to combine.`,
 				return err
 			}
 			certRefs, err := namedValues("certificate", certVals)
+			if err != nil {
+				return err
+			}
+			kindRefs, err := namedValues("key-kinds", kindVals)
 			if err != nil {
 				return err
 			}
@@ -159,9 +170,20 @@ for signet request merge (or several signet build --resume=) to combine.`,
 				}
 				defer s.Close()
 				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("key %s: %s and %s: %w", name, ref, certRef, err)
+					return fmt.Errorf("key %s: %s and %s: %w", name, keys.Redact(ref), keys.Redact(certRef), err)
 				}
-				named[name] = request.Key{Signer: s, Certificate: cert, Chain: chain}
+				var kinds []request.Kind
+				if kr, ok := kindRefs[name]; ok {
+					if kinds, err = request.ParseKinds(kr); err != nil {
+						return fmt.Errorf("--key-kinds %s: %w", name, err)
+					}
+				}
+				named[name] = request.Key{Signer: s, Certificate: cert, Chain: chain, Kinds: kinds}
+			}
+			for name := range kindRefs {
+				if _, ok := keyRefs[name]; !ok {
+					return fmt.Errorf("--key-kinds %s: no --key %s given", name, name)
+				}
 			}
 			for name := range certRefs {
 				if _, ok := keyRefs[name]; !ok {
@@ -189,6 +211,7 @@ for signet request merge (or several signet build --resume=) to combine.`,
 	}
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: private key (PEM file or pkcs11: URI) for key name NAME (repeatable)")
 	cmd.Flags().StringArrayVar(&certVals, "certificate", nil, "NAME=CERT: certificate of key NAME (repeatable)")
+	cmd.Flags().StringArrayVar(&kindVals, "key-kinds", nil, "NAME=KIND[,KIND...]: the only kinds key NAME signs (default: one kind family) (repeatable)")
 	cmd.Flags().BoolVar(&partial, "partial", false, "sign only the items of the given keys")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "response file to write")
 	return cmd

@@ -121,11 +121,11 @@ already signed gets an additional signature.`,
 			} else {
 				s, err := kf.signer()
 				if err != nil {
-					return fmt.Errorf("private key %s: %w", redactURI(kf.privateKey), err)
+					return fmt.Errorf("private key %s: %w", keys.Redact(kf.privateKey), err)
 				}
 				defer s.Close()
 				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("private key %s and certificate %s: %w", redactURI(kf.privateKey), kf.certificate, err)
+					return fmt.Errorf("private key %s and certificate %s: %w", keys.Redact(kf.privateKey), keys.Redact(kf.certificate), err)
 				}
 				sign = func(w *atomicfile.File) error {
 					if err := authenticode.Sign(f, s, cert, when, w); err != nil {
@@ -257,23 +257,4 @@ func openPE(path string) (*os.File, *authenticode.File, error) {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return fd, f, nil
-}
-
-// redactURI hides a PIN given in a pkcs11: URI so it never reaches a log.
-func redactURI(ref string) string {
-	if !strings.HasPrefix(ref, "pkcs11:") {
-		return ref
-	}
-	u, q, ok := strings.Cut(ref, "?")
-	if !ok {
-		return ref
-	}
-	var parts []string
-	for _, p := range strings.Split(q, "&") {
-		if strings.HasPrefix(p, "pin-value=") {
-			p = "pin-value=***"
-		}
-		parts = append(parts, p)
-	}
-	return u + "?" + strings.Join(parts, "&")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"signet.dev/keys"
 	"signet.dev/server"
 )
 
@@ -35,7 +36,7 @@ it after the signatures in flight are stored.`,
 			if err := lv.UnmarshalText([]byte(level)); err != nil {
 				return fmt.Errorf("--log-level=%s: %w", level, err)
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lv, ReplaceAttr: redactAttr}))
 			cfg, err := server.LoadConfig(config)
 			if err != nil {
 				return err
@@ -61,4 +62,16 @@ it after the signatures in flight are stored.`,
 	cmd.Flags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.Flags().StringVar(&listen, "listen", "", "address to listen on, instead of the configuration's listen")
 	return cmd
+}
+
+// redactAttr keeps PINs out of the service log: every string or error
+// value logged passes through keys.RedactText.
+func redactAttr(_ []string, a slog.Attr) slog.Attr {
+	switch v := a.Value.Any().(type) {
+	case string:
+		a.Value = slog.StringValue(keys.RedactText(v))
+	case error:
+		a.Value = slog.StringValue(keys.RedactText(v.Error()))
+	}
+	return a
 }

@@ -176,6 +176,9 @@ signatures later.`,
 				}
 				defer signer.Close()
 				pub = signer.Public()
+				if w := keys.PCRPolicyWarning(pub); w != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), w)
+				}
 			}
 			switch {
 			case pcrPub != "":

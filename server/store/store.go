@@ -26,6 +26,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -109,6 +111,9 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		}
 		// WAL + synchronous=FULL: a committed signature survives a crash of
 		// the process or the machine.
+		if err := createPrivate(dsn); err != nil {
+			return nil, err
+		}
 		pragmas := "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
 		s.db, err = sql.Open("sqlite", "file:"+dsn+pragmas+"&_txlock=immediate")
 		if err == nil {
@@ -147,6 +152,25 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// createPrivate creates a new SQLite database file with mode 0600 whatever
+// the umask, so that SQLite, which gives its -wal and -shm files the
+// database's mode, keeps all three private: they hold the signed items and
+// the client names. An existing file is left as it is.
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer f.Close()
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
 }
 
 // Close closes the database.
