@@ -194,9 +194,48 @@ func (p *Plan) Prepare(phases []string, banks []measure.Bank, pub crypto.PublicK
 	return out, nil
 }
 
+// InitrdPolicyRef is the policy reference of the extra enter-initrd
+// policies ukify --sign-initrd-pcrs signs (ukify's INITRD_PCR_POLICY).
+const InitrdPolicyRef = "initrd"
+
+// PrepareContext returns the PCR policies to sign for context (profile) i
+// alone.
+func (p *Plan) PrepareContext(i int, phases []string, banks []measure.Bank, pub crypto.PublicKey) ([]measure.Entry, error) {
+	res, err := p.Predict(phases, banks)
+	if err != nil {
+		return nil, err
+	}
+	if i < 0 || i >= len(res) {
+		return nil, fmt.Errorf("no profile %d", i)
+	}
+	return measure.Prepare(res[i], pub)
+}
+
+// unsignedPad is the room ukify leaves per policy in an unsigned .pcrsig
+// (1024 spaces for every "pol"), so that a later join fits in place.
+const unsignedPad = 1024
+
+// pcrsigBytes is the .pcrsig section content of doc as ukify embeds it:
+// Python json.dumps() layout, and for a document still waiting for its
+// signatures, ukify's padding.
+func pcrsigBytes(doc *measure.PCRSig) []byte {
+	b := doc.Marshal(measure.Python)
+	n, unsigned := 0, false
+	for _, bk := range doc.Banks {
+		for _, e := range bk.Entries {
+			n++
+			unsigned = unsigned || e.Sig == nil
+		}
+	}
+	if unsigned {
+		b = append(b, bytes.Repeat([]byte{' '}, unsignedPad*n)...)
+	}
+	return b
+}
+
 // WriteTo writes the UKI with pcrsigs[i] as context i's .pcrsig section
-// (ukify's JSON formatting, no trailing NUL); pcrsigs may be nil for a UKI
-// without PCR signatures.
+// (ukify's JSON formatting, no trailing NUL; an unsigned document padded
+// as ukify pads it); pcrsigs may be nil for a UKI without PCR signatures.
 func (p *Plan) WriteTo(w io.Writer, pcrsigs []*measure.PCRSig) (int64, error) {
 	if pcrsigs != nil && len(pcrsigs) != p.Contexts() {
 		return 0, fmt.Errorf("%d .pcrsig documents for %d profiles", len(pcrsigs), p.Contexts())
@@ -205,7 +244,7 @@ func (p *Plan) WriteTo(w io.Writer, pcrsigs []*measure.PCRSig) (int64, error) {
 		if pcrsigs == nil || pcrsigs[i] == nil {
 			return nil
 		}
-		return []Part{BytesPart(".pcrsig", pcrsigs[i].Marshal(measure.Python))}
+		return []Part{BytesPart(".pcrsig", pcrsigBytes(pcrsigs[i]))}
 	}
 	im := newImage(p.stub, len(p.stub.Sections))
 	im.timestamp = p.Timestamp
