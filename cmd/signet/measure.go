@@ -288,6 +288,9 @@ the signatures in.`,
 			if err != nil {
 				return err
 			}
+			if pf.publicKey == "" && pf.key.certificate == "" {
+				pub = nil
+			}
 			res, err := pf.calculate()
 			if err != nil {
 				return err
@@ -305,6 +308,15 @@ the signatures in.`,
 					return err
 				}
 				doc.AddTBS()
+				if pf.publicKey == "" && pf.key.certificate == "" {
+					// pkfp names only a key given as --public-key= or
+					// --certificate=, as in systemd's policy-digest.
+					for i := range doc.Banks {
+						for j := range doc.Banks[i].Entries {
+							doc.Banks[i].Entries[j].Pkfp = nil
+						}
+					}
+				}
 			}
 			doc, err = pf.loadAppend(doc)
 			if err != nil {

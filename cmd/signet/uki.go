@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"signet.dev/internal/atomicfile"
-	"signet.dev/internal/buildtime"
 	"signet.dev/keys"
 	"signet.dev/measure"
 	"signet.dev/uki"
@@ -155,13 +154,7 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 				if err != nil {
 					return fmt.Errorf("%s for .sbat: %w", src, err)
 				}
-				var stubSBAT []byte
-				if s := st.Section(".sbat"); s != nil {
-					if stubSBAT, err = s.Data(); err != nil {
-						return err
-					}
-				}
-				parts = append(parts, uki.BytesPart(".sbat", uki.MergeSBAT(stubSBAT, b)))
+				parts = append(parts, uki.BytesPart(".sbat", b))
 			}
 
 			// The PCR key: .pcrpkey is the given PEM verbatim, else the
@@ -241,16 +234,6 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", stub, err)
 			}
-			if os.Getenv("SOURCE_DATE_EPOCH") != "" {
-				t, err := buildtime.Now()
-				if err != nil {
-					return err
-				}
-				if t.Unix() < 0 || t.Unix() > 1<<32-1 {
-					return fmt.Errorf("SOURCE_DATE_EPOCH %d does not fit the PE TimeDateStamp (32 bits)", t.Unix())
-				}
-				plan.Timestamp = uint32(t.Unix())
-			}
 			var docs []*measure.PCRSig
 			if pub != nil {
 				ph, err := measure.ParsePhases(splitList(phases))
@@ -306,7 +289,7 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 	f.StringVar(&uname, "uname", "", "kernel version [.uname]")
 	f.StringVar(&splash, "splash", "", "splash image file [.splash]")
 	f.StringVar(&dtb, "dtb", "", "devicetree file [.dtb]")
-	f.StringVar(&sbat, "sbat", "", "SBAT TEXT or @FILE, merged with the stub's [.sbat]")
+	f.StringVar(&sbat, "sbat", "", "SBAT TEXT or @FILE, merged with the stub's and kernel's [.sbat] (default: ukify's uki line)")
 	f.StringVar(&profile, "profile", "", "profile metadata TEXT or @FILE for the main UKI [.profile]")
 	f.StringArrayVar(&joinProfiles, "join-profile", nil, "PE with a profile's sections to append (repeatable)")
 	f.StringVar(&pcrKey, "pcr-private-key", "", "key that signs the PCR 11 policies: PEM file or pkcs11: URI")
