@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"signet.dev/internal/testenv"
@@ -229,4 +230,25 @@ func pseudoData(n int) []byte {
 	b := make([]byte, n)
 	cipher.NewCTR(blk, make([]byte, 16)).XORKeyStream(b, b)
 	return b
+}
+
+// Minimize= as mkosi writes it on the hash partition is accepted (the hash
+// partition is always minimal); elsewhere, or with a bad value, it is an
+// error naming the file.
+func TestMinimize(t *testing.T) {
+	for _, c := range []struct {
+		body string
+		ok   bool
+	}{
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=best\n", true},
+		{"[Partition]\nMinimize=guess\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\n", true},
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=no\n", true},
+		{"[Partition]\nType=usr\nVerity=data\nVerityMatchKey=usr\nCopyBlocks=x\nMinimize=best\n", false},
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=smallest\n", false},
+	} {
+		_, err := ParseDefinition(strings.NewReader(c.body), "20-x.conf")
+		if (err == nil) != c.ok || (err != nil && (!errors.Is(err, ErrDefinition) || !strings.Contains(err.Error(), "20-x.conf"))) {
+			t.Errorf("%q: %v", c.body, err)
+		}
+	}
 }
