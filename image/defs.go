@@ -38,6 +38,11 @@ type Definition struct {
 	VerityMatchKey      string
 	VerityDataBlockSize int // 0 = 4096
 	VerityHashBlockSize int // 0 = 4096
+
+	// Minimize is Minimize= ("" for off): accepted on a Verity=hash
+	// partition (mkosi writes Minimize=best there), whose size signet
+	// always computes minimal from its data partition, as repart does.
+	Minimize string
 }
 
 // ReadDefinitions reads every *.conf file of dir in file-name order, as
@@ -152,6 +157,20 @@ func ParseDefinition(r io.Reader, path string) (*Definition, error) {
 			default:
 				err = fmt.Errorf("Verity=%s (want off, data, hash or signature)", v)
 			}
+		case "Minimize":
+			switch v {
+			case "best", "guess":
+				d.Minimize = v
+			default:
+				var on bool
+				if on, err = parseBool(v); err != nil {
+					err = fmt.Errorf("Minimize=%s (want off, best or guess)", v)
+				} else if on {
+					d.Minimize = "best" // repart: yes means best
+				} else {
+					d.Minimize = ""
+				}
+			}
 		case "VerityMatchKey":
 			if v == "" || strings.ContainsRune(v, '%') {
 				err = fmt.Errorf("VerityMatchKey=%q is empty or uses specifiers", v)
@@ -188,6 +207,9 @@ func ParseDefinition(r io.Reader, path string) (*Definition, error) {
 }
 
 func (d *Definition) check() error {
+	if d.Minimize != "" && d.Verity != "hash" {
+		return fmt.Errorf("Minimize=%s is supported only on a Verity=hash partition (signet repart does not make file systems)", d.Minimize)
+	}
 	if d.SizeMin > 0 && d.SizeMax > 0 && d.SizeMin > d.SizeMax {
 		return fmt.Errorf("SizeMinBytes=%d is larger than SizeMaxBytes=%d", d.SizeMin, d.SizeMax)
 	}

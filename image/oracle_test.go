@@ -172,7 +172,7 @@ func TestRepartV252Plain(t *testing.T) {
 	}
 	seed, _ := ParseGUID(vectorSeed)
 	ours := filepath.Join(out, "signet.raw")
-	if _, err := Build(ours, defs, Options{Seed: seed}); err != nil {
+	if _, err := Build(ours, defs, Options{Seed: seed, LegacySize: true}); err != nil { // 252 sizes as 258-261
 		t.Fatal(err)
 	}
 	a, _ := os.ReadFile(ours)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -47,8 +48,17 @@ type Options struct {
 	// Defer reports partition types to leave out of the table and unwritten
 	// (repart's --defer-partitions=); their space stays reserved.
 	Defer func(PartType) bool
-	// Split also writes each partition to IMAGE-without-.raw.TYPE.raw.
+	// Split also writes each partition to its own file, named as
+	// systemd-repart names them (IMAGE.TYPE.raw for IMAGE.raw, else
+	// IMAGE.TYPE).
 	Split bool
+	// LegacySize sizes the image as systemd-repart 252 to 261 did for
+	// --size=auto: the end of the last partition plus the backup GPT,
+	// rounded up to 4096 bytes. By default the size is systemd 262's
+	// (commit 04e3d8933b "repart: Properly pre-calculate auto size of
+	// images"): round_up(1 MiB, grain) + the partitions + 16 KiB + 1
+	// sector, 3584 bytes less at the default grain.
+	LegacySize bool
 	// Progress is passed to verity.Format.
 	Progress func(done, total int64)
 }
@@ -263,7 +273,10 @@ func Build(path string, defs []*Definition, o Options) (*Report, error) {
 			return nil, fmt.Errorf("%w (%s)", ErrNoSigner, p.def.File)
 		}
 	}
-	diskSize := roundUp(off+gptFooterSectors*SectorSize, Grain)
+	diskSize := off + gptFooterSectors*SectorSize
+	if o.LegacySize {
+		diskSize = roundUp(diskSize, Grain)
+	}
 
 	f, err := atomicfile.Create(path, 0o644)
 	if err != nil {
@@ -412,16 +425,17 @@ func writeTable(f *os.File, parts []*part, disk GUID, diskSize int64, old *Table
 func reports(path string, parts []*part) []PartitionReport {
 	var r []PartitionReport
 	for _, p := range parts {
+		file := p.def.Path
+		if abs, err := filepath.Abs(file); err == nil {
+			file = abs // systemd-repart reports the definition's absolute path
+		}
 		pr := PartitionReport{
 			Type: p.def.Type.Name, Label: p.label, UUID: p.uuid.String(), PartNo: p.partNo,
-			File: p.def.File, Node: path + strconv.Itoa(p.partNo+1), Offset: p.offset,
+			File: file, Node: path + strconv.Itoa(p.partNo+1), Offset: p.offset,
 			OldSize: p.oldSize, RawSize: p.size, Activity: "create", Deferred: p.deferred,
 		}
 		if p.existing {
 			pr.Activity = "unchanged"
-		}
-		if p.deferred {
-			pr.Activity = "defer" // not in the table yet; see Join
 		}
 		if p.rootHash != nil {
 			pr.RootHash = hex.EncodeToString(p.rootHash)
@@ -432,20 +446,24 @@ func reports(path string, parts []*part) []PartitionReport {
 }
 
 // split writes each written partition to its own file, named as repart's
-// --split=yes does by default (IMAGE.TYPE.raw); a verity-sig file is
-// stripped of its NUL padding.
+// --split=yes does by default: split_node() puts the type before a .raw
+// suffix (IMAGE.TYPE.raw) and appends it to any other name (IMAGE.TYPE). A
+// verity-sig file is stripped of its NUL padding.
 func split(path string, parts []*part, rep *Report) error {
 	img, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer img.Close()
-	base := strings.TrimSuffix(path, ".raw")
+	base, suffix := path, ""
+	if strings.HasSuffix(path, ".raw") {
+		base, suffix = strings.TrimSuffix(path, ".raw"), ".raw"
+	}
 	for i, p := range parts {
 		if p.deferred {
 			continue
 		}
-		name := base + "." + p.def.Type.Name + ".raw"
+		name := base + "." + p.def.Type.Name + suffix
 		out, err := atomicfile.Create(name, 0o644)
 		if err != nil {
 			return err

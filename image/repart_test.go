@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"signet.dev/internal/testenv"
@@ -68,7 +69,8 @@ func vectorKey(t *testing.T, v string) (keys.Signer, Options) {
 		t.Fatal(err)
 	}
 	seed, _ := ParseGUID(vectorSeed)
-	return s, Options{Seed: seed, Signer: s, Certificate: cert}
+	// The vectors are systemd-repart 258.10's: the 252-261 size formula.
+	return s, Options{Seed: seed, Signer: s, Certificate: cert, LegacySize: true}
 }
 
 // TestGoldenRepart258: online signing and defer + join both give
@@ -159,6 +161,12 @@ func checkReport(t *testing.T, v string, rep *Report, node string) {
 	}
 	for i := range want {
 		want[i].Node, got[i].Node = "", ""
+		// 258 reported the definition's base name, 262 (and signet) the
+		// absolute path.
+		if !filepath.IsAbs(got[i].File) || filepath.Base(got[i].File) != want[i].File {
+			t.Errorf("partition %d: file %q, want the absolute path of %s", i, got[i].File, want[i].File)
+		}
+		got[i].File = want[i].File
 		if got[i] != want[i] {
 			t.Errorf("partition %d: got %+v\nwant %+v", i, got[i], want[i])
 		}
@@ -222,4 +230,25 @@ func pseudoData(n int) []byte {
 	b := make([]byte, n)
 	cipher.NewCTR(blk, make([]byte, 16)).XORKeyStream(b, b)
 	return b
+}
+
+// Minimize= as mkosi writes it on the hash partition is accepted (the hash
+// partition is always minimal); elsewhere, or with a bad value, it is an
+// error naming the file.
+func TestMinimize(t *testing.T) {
+	for _, c := range []struct {
+		body string
+		ok   bool
+	}{
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=best\n", true},
+		{"[Partition]\nMinimize=guess\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\n", true},
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=no\n", true},
+		{"[Partition]\nType=usr\nVerity=data\nVerityMatchKey=usr\nCopyBlocks=x\nMinimize=best\n", false},
+		{"[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\nMinimize=smallest\n", false},
+	} {
+		_, err := ParseDefinition(strings.NewReader(c.body), "20-x.conf")
+		if (err == nil) != c.ok || (err != nil && (!errors.Is(err, ErrDefinition) || !strings.Contains(err.Error(), "20-x.conf"))) {
+			t.Errorf("%q: %v", c.body, err)
+		}
+	}
 }

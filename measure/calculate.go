@@ -214,6 +214,8 @@ const (
 	// A chunk is hashed by every bank while it is still in the core's L2.
 	chunkSize = 256 << 10
 	numChunks = 16
+	// mapWindowSize is how much of a file input is mapped at a time.
+	mapWindowSize = 8 << 20
 )
 
 // cost is the relative CPU cost of a hash on amd64 (SHA-1 and SHA-256 have
@@ -232,6 +234,20 @@ type chunk struct {
 	data  []byte // nil: end of input
 	buf   *[]byte
 	refs  atomic.Int32
+	win   *window // the mapping data lies in, if mapped
+}
+
+// window is one mapped part of an input, unmapped when every worker has
+// hashed all its chunks.
+type window struct {
+	refs  atomic.Int32
+	unmap func()
+}
+
+func (w *window) release() {
+	if w.refs.Add(-1) == 0 {
+		w.unmap()
+	}
 }
 
 // digestInputs returns digests[input][bank]. One goroutine reads every
@@ -304,29 +320,35 @@ func digestInputs(inputs []Input, banks []Bank) ([][][]byte, error) {
 				if c.buf != nil && c.refs.Add(-1) == 0 {
 					free <- c.buf
 				}
+				if c.win != nil {
+					c.win.release()
+				}
 			}
 		}(groups[w], hs)
 	}
-	var unmaps []func()
-	defer func() {
-		for _, u := range unmaps {
-			u()
-		}
-	}()
 	var err error
 	for ii, in := range inputs {
-		m, unmap, mapped := mapInput(in)
-		if mapped {
-			unmaps = append(unmaps, unmap)
-			for off := int64(0); off < in.Size; off += chunkSize {
-				c := &chunk{input: ii, data: m[off:min(off+chunkSize, in.Size)]}
+		// Mapped a window at a time; a window that cannot be mapped, and
+		// everything after it, is read into buffers instead.
+		off := int64(0)
+		for off < in.Size {
+			n := min(int64(mapWindowSize), in.Size-off)
+			m, unmap, ok := mapWindow(in, off, n)
+			if !ok {
+				break
+			}
+			w := &window{unmap: unmap}
+			w.refs.Store(int32(nw * int((n+chunkSize-1)/chunkSize)))
+			for o := int64(0); o < n; o += chunkSize {
+				c := &chunk{input: ii, data: m[o:min(o+chunkSize, n)], win: w}
 				prefault(c.data)
 				for _, ch := range chans {
 					ch <- c
 				}
 			}
+			off += n
 		}
-		for off := int64(0); !mapped && off < in.Size && err == nil; {
+		for off < in.Size && err == nil {
 			buf := <-free
 			n := int64(chunkSize)
 			if in.Size-off < n {

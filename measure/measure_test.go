@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
@@ -305,7 +306,113 @@ func TestPCRSigRoundTrip(t *testing.T) {
 	}
 }
 
+// systemd 262's documents: ref and tbs are read, members signet does not
+// know are ignored as systemd ignores them, and malformed known members
+// (tbs that is not pol ‖ SHA256(ref), a ref that is not a string) are
+// refused.
+func TestPCRSigRefAndTBS(t *testing.T) {
+	pol := strings.Repeat("01", 32)
+	h := sha256.Sum256([]byte("initrd"))
+	tbs := pol + hex.EncodeToString(h[:])
+	doc := `{"sha256":[{"pcrs":[11],"pkfp":"` + strings.Repeat("ab", 32) + `","ref":"initrd","pol":"` + pol + `","tbs":"` + tbs + `"}]}`
+	p, err := measure.ParsePCRSig([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := p.Banks[0].Entries[0]
+	if e.Ref != "initrd" || hex.EncodeToString(e.Signed()) != tbs {
+		t.Fatalf("ref %q signed %x", e.Ref, e.Signed())
+	}
+	if got := string(p.Marshal(measure.Short)); got != doc {
+		t.Fatalf("re-encoded:\n%s\n%s", got, doc)
+	}
+	// Unknown members, of any JSON type, are skipped.
+	future := `{"sha256":[{"pcrs":[11],"x-new":{"a":[1,2]},"pol":"` + pol + `","later":null,"sig":"AAEC"}]}`
+	p, err = measure.ParsePCRSig([]byte(future))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(p.Marshal(measure.Short)); got != `{"sha256":[{"pcrs":[11],"pol":"`+pol+`","sig":"AAEC"}]}` {
+		t.Fatalf("unknown members: %s", got)
+	}
+	for _, bad := range []string{
+		`{"sha256":[{"pcrs":[11],"ref":"initrd","pol":"` + pol + `","tbs":"` + pol + `"}]}`,
+		`{"sha256":[{"pcrs":[11],"pol":"` + pol + `","tbs":"` + tbs + `"}]}`,
+		`{"sha256":[{"pcrs":[11],"ref":7,"pol":"` + pol + `"}]}`,
+		`{"sha256":[{"pcrs":[11],"pol":"` + pol + `","tbs":17}]}`,
+	} {
+		if _, err := measure.ParsePCRSig([]byte(bad)); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}
+
+// --policyref: the signature covers pol ‖ SHA256(ref) and verifies only
+// over those bytes; policy-digest's tbs is them; the offline join keyed by
+// tbs gives the online document.
+func TestPolicyRef(t *testing.T) {
+	k := testkeys.Generate(t, testkeys.RSA2048)
+	f := fixture{inputs: []measure.Input{measure.BytesInput(measure.Linux, []byte("kernel"))}}
+	entries, err := measure.Prepare(calc(t, f, []string{"enter-initrd"}, []string{"sha256"}), k.Signer.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries = measure.WithRef(entries, "initrd")
+	online, err := measure.Sign(entries, k.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := online.Banks[0].Entries[0]
+	h := sha256.Sum256([]byte("initrd"))
+	want := append(append([]byte{}, e.Pol...), h[:]...)
+	if err := measure.VerifyEntry(k.Signer.Public(), want, e.Sig); err != nil {
+		t.Fatalf("signature is not over pol ‖ SHA256(ref): %v", err)
+	}
+	if measure.VerifyEntry(k.Signer.Public(), e.Pol, e.Sig) == nil {
+		t.Fatal("a ref-bound signature verifies over pol alone")
+	}
+	pd := measure.PolicyDigest(entries)
+	if got := pd.Banks[0].Entries[0].TBS; !bytes.Equal(got, want) {
+		t.Fatalf("tbs %x, want %x", got, want)
+	}
+	joined, err := measure.FillSignatures(pd, k.Signer.Public(), map[string][]byte{string(want): e.Sig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(joined.Marshal(measure.Short), online.Marshal(measure.Short)) {
+		t.Fatalf("offline %s\nonline %s", joined.Marshal(measure.Short), online.Marshal(measure.Short))
+	}
+	// A signature keyed by pol only is not the one for this entry.
+	if _, err := measure.FillSignatures(pd, k.Signer.Public(), map[string][]byte{string(e.Pol): e.Sig}); err == nil {
+		t.Fatal("joined a ref-bound entry from a signature keyed by pol")
+	}
+}
+
+// --append as systemd 262: banks the new run touches move behind the
+// others, keeping their old entries first.
+func TestMergeBankOrder(t *testing.T) {
+	pol := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	base := &measure.PCRSig{}
+	base.Add("sha1", measure.SigEntry{PCRs: []int{11}, Pol: pol(1)})
+	base.Add("sha256", measure.SigEntry{PCRs: []int{11}, Pol: pol(2)})
+	base.Add("sha384", measure.SigEntry{PCRs: []int{11}, Pol: pol(3)})
+	add := &measure.PCRSig{}
+	add.Add("sha1", measure.SigEntry{PCRs: []int{11}, Pol: pol(4)})
+	add.Add("sha512", measure.SigEntry{PCRs: []int{11}, Pol: pol(5)})
+	base.Merge(add)
+	var got []string
+	for _, b := range base.Banks {
+		for _, e := range b.Entries {
+			got = append(got, fmt.Sprintf("%s:%d", b.Bank, e.Pol[0]))
+		}
+	}
+	if s := strings.Join(got, " "); s != "sha256:2 sha384:3 sha1:1 sha1:4 sha512:5" {
+		t.Fatalf("order %s", s)
+	}
+}
+
 func FuzzParsePCRSig(f *testing.F) {
+	f.Add([]byte(`{"sha256":[{"pcrs":[11],"ref":"initrd","pol":"` + strings.Repeat("01", 32) + `","tbs":"` + strings.Repeat("01", 32) + `d4c3e8b9a4b3c1e2"},{"pcrs":[11],"x":[{}],"pol":"` + strings.Repeat("02", 32) + `"}]}`))
 	f.Add([]byte(`{"sha256": [{"pcrs": [11], "pol": "` + strings.Repeat("01", 32) + `", "sig": "AAEC"}]}`))
 	f.Add([]byte(`{"sha1":[{"pcrs":[11],"pkfp":"` + hex.EncodeToString(make([]byte, 32)) + `","pol":"` + strings.Repeat("ff", 32) + `"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {

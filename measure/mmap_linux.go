@@ -6,16 +6,19 @@ import (
 	"unsafe"
 )
 
-// mapInput maps a file input into memory so the hashing workers read the
-// page cache directly instead of a copy. A file truncated while mapped
-// raises SIGBUS in a worker, which recovers from it (SetPanicOnFault) and
-// reports an error.
-func mapInput(in Input) ([]byte, func(), bool) {
+// mapWindow maps [off, off+n) of a file input into memory so the hashing
+// workers read the page cache directly instead of a copy; off is a multiple
+// of mapWindowSize. Inputs are mapped a window at a time and each window is
+// unmapped as soon as every worker is done with it, so the mapped pages
+// counted in the resident set stay a few windows whatever the input size. A
+// file truncated while mapped raises SIGBUS in a worker, which recovers from
+// it (SetPanicOnFault) and reports an error.
+func mapWindow(in Input, off, n int64) ([]byte, func(), bool) {
 	f, ok := in.R.(*os.File)
-	if !ok || in.Size < chunkSize || in.Size != int64(int(in.Size)) {
+	if !ok || in.Size < chunkSize || n != int64(int(n)) {
 		return nil, nil, false
 	}
-	m, err := syscall.Mmap(int(f.Fd()), 0, int(in.Size), syscall.PROT_READ, syscall.MAP_SHARED)
+	m, err := syscall.Mmap(int(f.Fd()), off, int(n), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return nil, nil, false
 	}

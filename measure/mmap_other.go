@@ -2,6 +2,6 @@
 
 package measure
 
-func mapInput(Input) ([]byte, func(), bool) { return nil, nil, false }
+func mapWindow(Input, int64, int64) ([]byte, func(), bool) { return nil, nil, false }
 
 func prefault([]byte) {}

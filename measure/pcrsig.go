@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"signet.dev/keys"
@@ -39,8 +40,32 @@ type SigBank struct {
 type SigEntry struct {
 	PCRs []int
 	Pkfp []byte // SHA-256 fingerprint of the public key; nil if unknown
-	Pol  []byte // the 32-byte PolicyPCR digest
-	Sig  []byte // raw signature over Pol with SHA-256; nil before signing
+	// Ref is the TPM2 policy reference the signature is bound to ("ref",
+	// systemd 262 --policyref=); "" for none.
+	Ref string
+	Pol []byte // the 32-byte PolicyPCR digest
+	// TBS is the "tbs" member systemd 262's policy-digest writes: the
+	// signed bytes, always PolicyTBS(Pol, Ref). nil when absent; signed
+	// documents carry none.
+	TBS []byte
+	Sig []byte // raw signature over PolicyTBS(Pol, Ref) with SHA-256; nil before signing
+}
+
+// Signed returns the bytes the entry's signature covers: pol, or
+// pol ‖ SHA256(ref) with a policy reference.
+func (e SigEntry) Signed() []byte { return PolicyTBS(e.Pol, e.Ref) }
+
+// PolicyTBS returns what TPM2_PolicyAuthorize checks a signature over
+// (TPM 2.0 Part 3 §23.16, aHash = H(approvedPolicy ‖ policyRef)) as
+// systemd-measure signs it: pol alone without a reference, else pol
+// followed by the SHA-256 of the reference string (systemd's
+// tpm2_make_policy_authorize_tbs_data()).
+func PolicyTBS(pol []byte, ref string) []byte {
+	if ref == "" {
+		return pol
+	}
+	h := sha256.Sum256([]byte(ref))
+	return append(append(make([]byte, 0, len(pol)+len(h)), pol...), h[:]...)
 }
 
 // Add appends e to bank's list, adding the bank at the end if new.
@@ -54,12 +79,22 @@ func (p *PCRSig) Add(bank string, e SigEntry) {
 	p.Banks = append(p.Banks, SigBank{Bank: bank, Entries: []SigEntry{e}})
 }
 
-// Merge appends every entry of q (systemd-measure --append=).
+// Merge appends every entry of q as systemd-measure --append= does: each
+// bank q has gets its entries appended and moves behind the banks q lacks
+// (systemd replaces the bank's member, and sd_json_variant_set_field()
+// puts a replaced member at the end).
 func (p *PCRSig) Merge(q *PCRSig) {
 	for _, b := range q.Banks {
-		for _, e := range b.Entries {
-			p.Add(b.Bank, e)
+		var entries []SigEntry
+		for i := range p.Banks {
+			if p.Banks[i].Bank == b.Bank {
+				entries = p.Banks[i].Entries
+				p.Banks = append(p.Banks[:i:i], p.Banks[i+1:]...)
+				break
+			}
 		}
+		entries = append(slices.Clip(entries), b.Entries...)
+		p.Banks = append(p.Banks, SigBank{Bank: b.Bank, Entries: entries})
 	}
 }
 
@@ -79,7 +114,13 @@ func (p *PCRSig) Marshal(st Style) []byte {
 			if e.Pkfp != nil {
 				o = append(o, jkv{"pkfp", hex.EncodeToString(e.Pkfp)})
 			}
+			if e.Ref != "" {
+				o = append(o, jkv{"ref", e.Ref})
+			}
 			o = append(o, jkv{"pol", hex.EncodeToString(e.Pol)})
+			if e.TBS != nil {
+				o = append(o, jkv{"tbs", hex.EncodeToString(e.TBS)})
+			}
 			if e.Sig != nil {
 				o = append(o, jkv{"sig", base64.StdEncoding.EncodeToString(e.Sig)})
 			}
@@ -94,10 +135,13 @@ func (p *PCRSig) Marshal(st Style) []byte {
 // .pcrsig JSON object.
 var ErrMalformed = errors.New("malformed .pcrsig JSON")
 
-// ParsePCRSig parses a .pcrsig document strictly: an object of known bank
-// names, each an array of objects with pcrs (integers 0-23), optional pkfp
-// (hex), pol (32 bytes hex) and optional sig (base64), nothing else. A
-// trailing NUL and whitespace are accepted.
+// ParsePCRSig parses a .pcrsig document as systemd reads one: an object of
+// known bank names, each an array of objects with pcrs (integers 0-23),
+// optional pkfp (hex), optional ref (a string), pol (32 bytes hex),
+// optional tbs (hex, which must be pol ‖ SHA256(ref)) and optional sig
+// (base64). Members it does not know are ignored, as systemd's
+// find_signature() and ukify do; a known member that is malformed is an
+// error. A trailing NUL and whitespace (ukify's padding) are accepted.
 func ParsePCRSig(data []byte) (*PCRSig, error) {
 	data = bytes.TrimRight(data, "\x00 \t\r\n")
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -148,13 +192,6 @@ func ParsePCRSig(data []byte) (*PCRSig, error) {
 
 func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
 	var e SigEntry
-	for k := range m {
-		switch k {
-		case "pcrs", "pkfp", "pol", "sig":
-		default:
-			return e, fmt.Errorf("unknown field %q", k)
-		}
-	}
 	raw, ok := m["pcrs"]
 	if !ok {
 		return e, errors.New("no pcrs")
@@ -189,6 +226,23 @@ func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
 	}
 	if e.Pol, err = hexField("pol", sha256.Size); err != nil {
 		return e, err
+	}
+	if raw, ok := m["ref"]; ok {
+		if err := json.Unmarshal(raw, &e.Ref); err != nil {
+			return e, errors.New("ref is not a string")
+		}
+	}
+	if raw, ok := m["tbs"]; ok {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return e, errors.New("tbs is not a string")
+		}
+		if e.TBS, err = hex.DecodeString(s); err != nil {
+			return e, errors.New("tbs is not hex")
+		}
+		if !bytes.Equal(e.TBS, e.Signed()) {
+			return e, errors.New("tbs is not pol followed by SHA256(ref)")
+		}
 	}
 	if raw, ok := m["sig"]; ok {
 		var s string
@@ -226,22 +280,34 @@ func Fingerprint(pub crypto.PublicKey) ([]byte, error) {
 }
 
 // Entry is one PCR policy to sign: the prepare step's output. Its
-// to-be-signed bytes are Pol and its hash is always SHA-256 (the only hash
-// TPM2_PolicyAuthorize accepts systemd's signatures with, and what systemd
-// 258.10 signs every bank with).
+// to-be-signed bytes are Pol, or Pol ‖ SHA256(Ref) with a policy reference,
+// and its hash is always SHA-256 (the only hash TPM2_PolicyAuthorize
+// accepts systemd's signatures with, and what systemd signs every bank
+// with since 258).
 type Entry struct {
 	Bank  Bank
 	Phase string
 	PCR   []byte // predicted PCR 11 value in Bank
-	Pol   []byte // PolicyPCR digest: the to-be-signed bytes
+	Pol   []byte // PolicyPCR digest
 	Pkfp  []byte // nil when no public key was given
+	Ref   string // policy reference ("" for none)
 }
 
 // Hash is the hash a signer applies to the TBS.
 const Hash = crypto.SHA256
 
 // TBS returns the bytes to sign and the hash to sign them with.
-func (e Entry) TBS() ([]byte, crypto.Hash) { return e.Pol, Hash }
+func (e Entry) TBS() ([]byte, crypto.Hash) { return PolicyTBS(e.Pol, e.Ref), Hash }
+
+// WithRef returns entries bound to the policy reference ref
+// (systemd-measure --policyref=; "" for none).
+func WithRef(entries []Entry, ref string) []Entry {
+	out := slices.Clone(entries)
+	for i := range out {
+		out[i].Ref = ref
+	}
+	return out
+}
 
 // Pol returns the PolicyPCR digest for a PCR 11 value of bank.
 func Pol(bank Bank, pcr []byte) ([]byte, error) {
@@ -272,29 +338,42 @@ func Prepare(r *Result, pub crypto.PublicKey) ([]Entry, error) {
 }
 
 // PolicyDigest returns the document systemd-measure policy-digest prints:
-// the entries without signatures.
+// the entries without signatures, each with its "tbs" (systemd 262).
 func PolicyDigest(entries []Entry) *PCRSig {
 	p := &PCRSig{}
 	for _, e := range entries {
-		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: e.Pkfp, Pol: e.Pol})
+		tbs, _ := e.TBS()
+		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: e.Pkfp, Ref: e.Ref, Pol: e.Pol, TBS: tbs})
 	}
 	return p
+}
+
+// AddTBS sets every entry's tbs member, as systemd 262's policy-digest
+// writes it (also when it signs, given a private key).
+func (p *PCRSig) AddTBS() {
+	for i := range p.Banks {
+		for j := range p.Banks[i].Entries {
+			e := &p.Banks[i].Entries[j]
+			e.TBS = e.Signed()
+		}
+	}
 }
 
 // ErrSignature is returned when a signature does not verify against the
 // public key and the policy digest.
 var ErrSignature = errors.New("PCR policy signature does not verify")
 
-// VerifyEntry checks sig over pol with pub (SHA-256, as signed).
-func VerifyEntry(pub crypto.PublicKey, pol, sig []byte) error {
-	if err := keys.Verify(pub, Hash, pol, sig); err != nil {
+// VerifyEntry checks sig over tbs (an entry's Signed() bytes: pol without
+// a policy reference) with pub (SHA-256, as signed).
+func VerifyEntry(pub crypto.PublicKey, tbs, sig []byte) error {
+	if err := keys.Verify(pub, Hash, tbs, sig); err != nil {
 		return ErrSignature
 	}
 	return nil
 }
 
 // Join builds the signed document from entries and their raw signatures
-// (sigs[i] signs entries[i].Pol), verifying every signature against pub
+// (sigs[i] signs entries[i].TBS()), verifying every signature against pub
 // first. pub is also what pkfp names, so a key other than the one prepared
 // for is refused.
 func Join(entries []Entry, pub crypto.PublicKey, sigs [][]byte) (*PCRSig, error) {
@@ -310,16 +389,17 @@ func Join(entries []Entry, pub crypto.PublicKey, sigs [][]byte) (*PCRSig, error)
 		if e.Pkfp != nil && !bytes.Equal(e.Pkfp, fp) {
 			return nil, fmt.Errorf("measure: %s policy for phase %q was prepared for key %x, not %x", e.Bank.Name, PhaseLabel(e.Phase), e.Pkfp, fp)
 		}
-		if err := VerifyEntry(pub, e.Pol, sigs[i]); err != nil {
+		tbs, _ := e.TBS()
+		if err := VerifyEntry(pub, tbs, sigs[i]); err != nil {
 			return nil, fmt.Errorf("%s policy %x (phase %q): %w", e.Bank.Name, e.Pol, PhaseLabel(e.Phase), err)
 		}
-		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: fp, Pol: e.Pol, Sig: sigs[i]})
+		p.Add(e.Bank.Name, SigEntry{PCRs: []int{PCR}, Pkfp: fp, Ref: e.Ref, Pol: e.Pol, Sig: sigs[i]})
 	}
 	return p, nil
 }
 
 // Sign is the online path: prepare's entries signed by s, joined. It is
-// exactly Join(entries, pub, [keys.Sign(s, SHA256, e.Pol) ...]).
+// exactly Join(entries, pub, [keys.Sign(s, SHA256, e.TBS()) ...]).
 func Sign(entries []Entry, s crypto.Signer) (*PCRSig, error) {
 	sigs := make([][]byte, len(entries))
 	for i, e := range entries {
@@ -334,10 +414,12 @@ func Sign(entries []Entry, s crypto.Signer) (*PCRSig, error) {
 }
 
 // FillSignatures is the offline join of a policy-digest document: every
-// entry's sig is looked up by its pol in sigs (keyed by the 32 raw bytes as
-// a string), verified against pub, and pkfp is set to pub's fingerprint.
-// An entry without a signature, or a signature that does not verify, is an
-// error; nothing is changed then.
+// entry's sig is looked up by its signed bytes in sigs (keyed by
+// Signed() as a string: the 32 raw pol bytes, or pol ‖ SHA256(ref)),
+// verified against pub, and pkfp is set to pub's fingerprint. The result is
+// what systemd-measure sign writes: no tbs members. An entry without a
+// signature, or a signature that does not verify, is an error; nothing is
+// changed then.
 func FillSignatures(doc *PCRSig, pub crypto.PublicKey, sigs map[string][]byte) (*PCRSig, error) {
 	fp, err := Fingerprint(pub)
 	if err != nil {
@@ -349,17 +431,18 @@ func FillSignatures(doc *PCRSig, pub crypto.PublicKey, sigs map[string][]byte) (
 			if e.Pkfp != nil && !bytes.Equal(e.Pkfp, fp) {
 				return nil, fmt.Errorf("%s policy %x names key %x, the public key given is %x", b.Bank, e.Pol, e.Pkfp, fp)
 			}
-			sig, ok := sigs[string(e.Pol)]
+			tbs := e.Signed()
+			sig, ok := sigs[string(tbs)]
 			if !ok {
 				sig = e.Sig
 			}
 			if sig == nil {
-				return nil, fmt.Errorf("%s policy %x: no signature given for it", b.Bank, e.Pol)
+				return nil, fmt.Errorf("%s policy %x: no signature given for it", b.Bank, tbs)
 			}
-			if err := VerifyEntry(pub, e.Pol, sig); err != nil {
-				return nil, fmt.Errorf("%s policy %x: %w", b.Bank, e.Pol, err)
+			if err := VerifyEntry(pub, tbs, sig); err != nil {
+				return nil, fmt.Errorf("%s policy %x: %w", b.Bank, tbs, err)
 			}
-			out.Add(b.Bank, SigEntry{PCRs: e.PCRs, Pkfp: fp, Pol: e.Pol, Sig: sig})
+			out.Add(b.Bank, SigEntry{PCRs: e.PCRs, Pkfp: fp, Ref: e.Ref, Pol: e.Pol, Sig: sig})
 		}
 	}
 	return out, nil

@@ -66,7 +66,7 @@ type Kind string
 // The item kinds.
 const (
 	KindAuthenticode    Kind = "authenticode"     // Secure Boot: DER SET OF Authenticode signed attributes
-	KindPCRPolicy       Kind = "pcr-policy"       // the 32-byte TPM2 PolicyPCR digest of a PCR 11 prediction
+	KindPCRPolicy       Kind = "pcr-policy"       // the 32-byte TPM2 PolicyPCR digest of a PCR 11 prediction, followed by SHA256(ref) with a policy reference
 	KindVerityRootHash  Kind = "verity-roothash"  // the lowercase hex dm-verity root hash
 	KindManifestOpenPGP Kind = "manifest-openpgp" // SHA256SUMS followed by an OpenPGP v4 signature trailer
 	KindManifestPKCS7   Kind = "manifest-pkcs7"   // SHA256SUMS itself
@@ -141,6 +141,10 @@ type PCRContext struct {
 	Sections []SectionDigest `json:"sections"`
 	// PCR is the hex predicted PCR 11 value in the bank.
 	PCR string `json:"pcr"`
+	// Ref is the TPM2 policy reference the signature is bound to
+	// (systemd-measure --policyref=): the TBS is then pol ‖ SHA256(ref)
+	// instead of pol.
+	Ref string `json:"ref,omitempty"`
 }
 
 // SectionDigest is a measured UKI section.
@@ -445,7 +449,13 @@ func (c *PCRContext) validate() error {
 			return err
 		}
 	}
-	return checkHex("pcr.pcr", c.PCR, size)
+	if err := checkHex("pcr.pcr", c.PCR, size); err != nil {
+		return err
+	}
+	if c.Ref != "" {
+		return checkName("pcr.ref", c.Ref)
+	}
+	return nil
 }
 
 // checkName accepts a file name a context refers to (informational, but

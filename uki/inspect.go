@@ -55,6 +55,7 @@ type PhaseReport struct {
 type PCRSigReport struct {
 	Bank     string `json:"bank"`
 	Pol      string `json:"pol"`
+	Ref      string `json:"ref,omitempty"` // policy reference the signature is bound to
 	Pkfp     string `json:"pkfp,omitempty"`
 	Phase    string `json:"phase,omitempty"`
 	Signed   bool   `json:"signed"`
@@ -135,7 +136,7 @@ func Inspect(r io.ReaderAt, size int64, phases []string, banks []measure.Bank) (
 					return nil, err
 				}
 				for _, s := range st {
-					r := PCRSigReport{Bank: s.Bank, Pol: hex.EncodeToString(s.Entry.Pol), Signed: s.Entry.Sig != nil, Verifies: s.Err == nil}
+					r := PCRSigReport{Bank: s.Bank, Pol: hex.EncodeToString(s.Entry.Pol), Ref: s.Entry.Ref, Signed: s.Entry.Sig != nil, Verifies: s.Err == nil}
 					if s.Entry.Pkfp != nil {
 						r.Pkfp = hex.EncodeToString(s.Entry.Pkfp)
 					}
@@ -217,7 +218,11 @@ func (r *Report) WriteText(w io.Writer) error {
 				fmt.Fprintf(&b, "  .pcrsig: %s\n", verdict)
 				continue
 			}
-			fmt.Fprintf(&b, "  .pcrsig %-6s phase %-40s pol %s %s\n", e.Bank, e.Phase, e.Pol, verdict)
+			ref := ""
+			if e.Ref != "" {
+				ref = fmt.Sprintf(" ref %q", e.Ref)
+			}
+			fmt.Fprintf(&b, "  .pcrsig %-6s phase %-40s pol %s%s %s\n", e.Bank, e.Phase, e.Pol, ref, verdict)
 		}
 	}
 	if len(r.Signatures) == 0 {

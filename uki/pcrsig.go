@@ -102,7 +102,7 @@ func CheckPCRSig(secs []*Named, major int, doc *measure.PCRSig, pub crypto.Publi
 			case e.Pkfp != nil && !bytes.Equal(e.Pkfp, fp):
 				st.Err = fmt.Errorf("signed for key %x, .pcrpkey is %x", e.Pkfp, fp)
 			default:
-				if err := measure.VerifyEntry(pub, e.Pol, e.Sig); err != nil {
+				if err := measure.VerifyEntry(pub, e.Signed(), e.Sig); err != nil {
 					st.Err = err
 				} else {
 					st.Valid = true
@@ -210,7 +210,7 @@ func JoinPCRSig(f *File, profile int, doc *measure.PCRSig, w io.Writer) (int64, 
 		return 0, errors.New("UKI has no .pcrsig section and does not end with .linux; cannot place one")
 	}
 	im := newImage(f, at)
-	if err := im.add(BytesPart(".pcrsig", doc.Marshal(measure.Python))); err != nil {
+	if err := im.add(BytesPart(".pcrsig", Signed(doc).Marshal(measure.Python))); err != nil {
 		return 0, err
 	}
 	rest := f.Sections[at:]
@@ -223,4 +223,18 @@ func JoinPCRSig(f *File, profile int, doc *measure.PCRSig, w io.Writer) (int64, 
 		}
 	}
 	return im.WriteTo(w)
+}
+
+// Signed returns doc without its tbs members: what systemd-measure sign
+// writes and an online ukify build embeds, so a UKI joined from ukify's or
+// systemd-measure's policy-digest output equals the online one.
+func Signed(doc *measure.PCRSig) *measure.PCRSig {
+	out := &measure.PCRSig{}
+	for _, b := range doc.Banks {
+		for _, e := range b.Entries {
+			e.TBS = nil
+			out.Add(b.Bank, e)
+		}
+	}
+	return out
 }

@@ -63,11 +63,17 @@ func boot(t *testing.T, tp transport.TPM, path string, phase []string) {
 // ref), as systemd-cryptenroll --tpm2-public-key does.
 func seal(t *testing.T, tp transport.TPM, pub crypto.PublicKey, secret []byte) (tpm2.AuthHandle, tpm2.TPM2BName) {
 	t.Helper()
+	return sealRef(t, tp, pub, secret, nil)
+}
+
+// sealRef seals to PolicyAuthorize(key, policyRef).
+func sealRef(t *testing.T, tp transport.TPM, pub crypto.PublicKey, secret, policyRef []byte) (tpm2.AuthHandle, tpm2.TPM2BName) {
+	t.Helper()
 	name, err := tpm2policy.KeyName(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := tpm2policy.PolicyAuthorize(crypto.SHA256, name, nil)
+	policy, err := tpm2policy.PolicyAuthorize(crypto.SHA256, name, policyRef)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +106,12 @@ func seal(t *testing.T, tp transport.TPM, pub crypto.PublicKey, secret []byte) (
 // SHA256(pol) with the loaded public key, then PolicyPCR(11) and
 // PolicyAuthorize(pol) with the ticket, then Unseal.
 func unseal(tp transport.TPM, obj tpm2.AuthHandle, pub crypto.PublicKey, pol, sig []byte) ([]byte, error) {
+	return unsealRef(tp, obj, pub, pol, sig, nil)
+}
+
+// unsealRef is unseal with a policy reference: the ticket is for
+// H(pol ‖ policyRef) and PolicyAuthorize names policyRef.
+func unsealRef(tp transport.TPM, obj tpm2.AuthHandle, pub crypto.PublicKey, pol, sig, policyRef []byte) ([]byte, error) {
 	ext, err := tpm2policy.ExternalPublic(pub)
 	if err != nil {
 		return nil, err
@@ -122,7 +134,7 @@ func unseal(tp transport.TPM, obj tpm2.AuthHandle, pub crypto.PublicKey, pol, si
 		ts = tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgECDSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA,
 			&tpm2.TPMSSignatureECC{Hash: tpm2.TPMAlgSHA256, SignatureR: tpm2.TPM2BECCParameter{Buffer: rs.R.Bytes()}, SignatureS: tpm2.TPM2BECCParameter{Buffer: rs.S.Bytes()}})}
 	}
-	vs, err := tpm2.VerifySignature{KeyHandle: le.ObjectHandle, Digest: tpm2.TPM2BDigest{Buffer: tpm2policy.AHash(crypto.SHA256, pol, nil)}, Signature: ts}.Execute(tp)
+	vs, err := tpm2.VerifySignature{KeyHandle: le.ObjectHandle, Digest: tpm2.TPM2BDigest{Buffer: tpm2policy.AHash(crypto.SHA256, pol, policyRef)}, Signature: ts}.Execute(tp)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +148,7 @@ func unseal(tp transport.TPM, obj tpm2.AuthHandle, pub crypto.PublicKey, pol, si
 		return nil, err
 	}
 	if _, err := (tpm2.PolicyAuthorize{PolicySession: sess.Handle(), ApprovedPolicy: tpm2.TPM2BDigest{Buffer: pol},
-		KeySign: le.Name, CheckTicket: vs.Validation}).Execute(tp); err != nil {
+		PolicyRef: tpm2.TPM2BDigest{Buffer: policyRef}, KeySign: le.Name, CheckTicket: vs.Validation}).Execute(tp); err != nil {
 		return nil, err
 	}
 	obj.Auth = sess
@@ -227,6 +239,51 @@ func TestTPMUnsealsWithPCRSig(t *testing.T) {
 			pol2, sig2 := pcrsigEntry(t, good, "enter-initrd:leave-initrd")
 			if got, err := unseal(tp, obj, k.Signer.Public(), pol2, sig2); err != nil || !bytes.Equal(got, secret) {
 				t.Fatalf("leave-initrd entry: %v", err)
+			}
+		})
+	}
+}
+
+// A signature bound to a policy reference (systemd 262 --policyref=, the
+// "initrd" policies of --sign-initrd-pcrs) works with a TPM: a secret
+// sealed to PolicyAuthorize(key, SHA256("initrd")), as systemd's NvPCR
+// setup seals, unseals with signet's ref-bound signature, and neither a
+// signature without the reference nor one for another reference does.
+func TestTPMPolicyRef(t *testing.T) {
+	for _, kind := range []testkeys.Kind{testkeys.RSA2048, testkeys.P256} {
+		t.Run(string(kind), func(t *testing.T) {
+			k := testkeys.Generate(t, kind)
+			dir := t.TempDir()
+			good := buildUKI(t, dir, "good.efi", k, []byte("kernel A"), "quiet")
+			pol, plainSig := pcrsigEntry(t, good, "enter-initrd")
+			sigFor := func(ref string) []byte {
+				doc, err := measure.Sign([]measure.Entry{{Bank: measure.SHA256, Phase: "enter-initrd", Pol: pol, Ref: ref}}, k.Signer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				e := doc.Banks[0].Entries[0]
+				if e.Ref != ref {
+					t.Fatalf("signed entry has ref %q, want %q", e.Ref, ref)
+				}
+				return e.Sig
+			}
+			ref := sha256.Sum256([]byte("initrd"))
+			secret := []byte("nvpcr anchor")
+			for _, c := range []struct {
+				name string
+				sig  []byte
+				ok   bool
+			}{{"ref initrd", sigFor("initrd"), true}, {"no ref", plainSig, false}, {"ref other", sigFor("other"), false}} {
+				tp := swtpmtest.Unix(t).Open(t)
+				obj, _ := sealRef(t, tp, k.Signer.Public(), secret, ref[:])
+				boot(t, tp, good, []string{"enter-initrd"})
+				got, err := unsealRef(tp, obj, k.Signer.Public(), pol, c.sig, ref[:])
+				if c.ok && (err != nil || !bytes.Equal(got, secret)) {
+					t.Fatalf("%s: unseal failed: %v", c.name, err)
+				}
+				if !c.ok && err == nil {
+					t.Fatalf("%s: unsealed a secret bound to policy reference initrd", c.name)
+				}
 			}
 		})
 	}

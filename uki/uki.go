@@ -8,15 +8,17 @@
 // release (read from its .sdmagic section), not the newest tool's list. See
 // MeasuredSections.
 //
-// Building follows ukify (v254 and later, the pefile layout): sections are
-// added after the stub's in the order .osrel .cmdline .dtb .uname .splash
-// .pcrpkey .initrd .ucode .sbat .profile .pcrsig .linux, each at the next
-// SectionAlignment boundary in memory after the last section, with
-// VirtualSize the data length, raw data padded to FileAlignment, .linux
-// marked as code and the others as initialized data. SizeOfImage covers the
-// last section; CheckSum is zeroed as ukify does (sbsign and signet sbsign
-// recompute it when signing); TimeDateStamp is SOURCE_DATE_EPOCH when set,
-// else the stub's, so the output is reproducible.
+// Building follows ukify 258 and later (byte for byte with ukify 262):
+// sections are added after the stub's in the order .osrel .cmdline .dtb
+// .dtbauto .hwids .uname .splash .pcrpkey .linux .initrd .efifw .ucode
+// .sbat .profile .pcrsig, each at the next SectionAlignment boundary in
+// memory after the last section, with VirtualSize the data length, raw data
+// padded to FileAlignment, .linux marked as code and the others as
+// initialized data. .sbat merges the stub's, the kernel's and the given (or
+// ukify's default) SBAT lines and replaces the stub's in place. SizeOfImage
+// covers the last section; CheckSum is zeroed as ukify does (sbsign and
+// signet sbsign recompute it when signing); TimeDateStamp is the stub's, as
+// ukify keeps it, so the output depends only on the inputs.
 package uki
 
 import (

@@ -105,7 +105,7 @@ func TestBuildLayoutAndPeers(t *testing.T) {
 			t.Errorf("%s characteristics %#x, want %#x", s.Name, s.Characteristics, ch)
 		}
 	}
-	if got := strings.Join(names[8:], " "); got != ".osrel .cmdline .pcrpkey .initrd .pcrsig .linux" {
+	if got := strings.Join(names[8:], " "); got != ".osrel .cmdline .pcrpkey .linux .initrd .pcrsig" {
 		t.Errorf("section order %s", got)
 	}
 	last := f.Sections[len(f.Sections)-1]
@@ -426,25 +426,32 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// --sbat merges with the stub's .sbat in place; Debian 12's stub leaves
-// 256 bytes before .sdmagic, so a merged text that does not fit is refused
-// rather than overlapping the next section.
+// --sbat merges with the stub's .sbat in place, as ukify 258+ merges: the
+// stub's lines, then the given ones, newline-terminated, no NUL. Debian
+// 12's stub leaves 256 bytes before .sdmagic, so a given text that does not
+// fit is refused rather than overlapping the next section, and without
+// --sbat (ukify's default uki line does not fit there) the stub's .sbat
+// stays as it is.
 func TestSBAT(t *testing.T) {
 	st := stub(t)
 	own := mustSection(t, stubPath, ".sbat")
-	merged := uki.MergeSBAT(own, []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\nuki,1\n"))
-	if !bytes.HasPrefix(merged, []byte("sbat,1,")) || !bytes.HasSuffix(merged, []byte("uki,1\n\x00")) || bytes.Contains(merged, []byte("\nsbat,")) {
+	given := []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\nuki,1\n")
+	merged := uki.MergeSBAT(own, given)
+	if !bytes.HasPrefix(merged, []byte("sbat,1,")) || !bytes.HasSuffix(merged, []byte("\nuki,1\n")) || bytes.Contains(merged, []byte("\nsbat,")) || bytes.Contains(merged, []byte{0}) {
 		t.Fatalf("merged %q", merged)
 	}
-	plan, err := uki.NewPlan(st, []uki.Part{uki.BytesPart(".linux", []byte("k")), uki.BytesPart(".sbat", merged)}, nil)
-	if err != nil {
-		t.Fatal(err)
+	build := func(parts ...uki.Part) (*uki.File, error) {
+		plan, err := uki.NewPlan(st, append([]uki.Part{uki.BytesPart(".linux", []byte("k"))}, parts...), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if _, err := plan.WriteTo(&out, nil); err != nil {
+			return nil, err
+		}
+		return uki.Parse(bytes.NewReader(out.Bytes()), int64(out.Len()))
 	}
-	var out bytes.Buffer
-	if _, err := plan.WriteTo(&out, nil); err != nil {
-		t.Fatal(err)
-	}
-	u, err := uki.Parse(bytes.NewReader(out.Bytes()), int64(out.Len()))
+	u, err := build(uki.BytesPart(".sbat", given))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,13 +461,15 @@ func TestSBAT(t *testing.T) {
 	if n := strings.Count(strings.Join(sectionNames(u), " "), ".sbat"); n != 1 {
 		t.Fatalf("%d .sbat sections", n)
 	}
-	long := uki.MergeSBAT(own, []byte("uki,1,UKI,uki,1,https://uapi-group.org/specifications/specs/unified_kernel_image/\n"))
-	plan, err = uki.NewPlan(st, []uki.Part{uki.BytesPart(".linux", []byte("k")), uki.BytesPart(".sbat", long)}, nil)
+	if _, err := build(uki.BytesPart(".sbat", []byte(uki.DefaultSBAT))); !errors.Is(err, uki.ErrNoRoom) {
+		t.Fatalf("oversized .sbat: %v", err)
+	}
+	u, err = build()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := plan.WriteTo(&bytes.Buffer{}, nil); !errors.Is(err, uki.ErrNoRoom) {
-		t.Fatalf("oversized .sbat: %v", err)
+	if got, _ := u.Section(".sbat").Data(); !bytes.Equal(got, own) {
+		t.Fatalf("default .sbat on the 252 stub: %q", got)
 	}
 }
 

@@ -28,6 +28,7 @@ type measureFlags struct {
 	key       keyFlags
 	publicKey string
 	appendTo  string
+	policyRef string
 	json      string
 	jflag     bool
 	tpmDevice string
@@ -53,6 +54,7 @@ func (m *measureFlags) register(fs *pflag.FlagSet, signing bool) {
 		m.key.register(fs)
 		fs.StringVar(&m.publicKey, "public-key", "", "public key (PEM) the policies are signed for: its fingerprint goes into pkfp")
 		fs.StringVar(&m.appendTo, "append", "", "existing .pcrsig JSON to append the new entries to")
+		fs.StringVar(&m.policyRef, "policyref", "", "TPM2 policy reference to bind the signatures to (signed: pol followed by SHA256 of it)")
 	}
 }
 
@@ -191,7 +193,8 @@ func newMeasureCmd() *cobra.Command {
 		Long: `Predicts the PCR 11 values systemd-stub and systemd-pcrphase produce for a
 unified kernel image, and signs their TPM2 PolicyPCR digests, with the options
 and output of systemd-measure. Every bank's policy is signed with SHA-256, as
-systemd 258.10 does.`,
+systemd does since 258. --policyref= binds the signatures to a TPM2 policy
+reference (systemd 262).`,
 	}
 
 	var cf measureFlags
@@ -246,7 +249,7 @@ systemd 258.10 does.`,
 			if err != nil {
 				return err
 			}
-			doc, err := measure.Sign(entries, signer)
+			doc, err := measure.Sign(measure.WithRef(entries, sf.policyRef), signer)
 			if err != nil {
 				return err
 			}
@@ -263,9 +266,10 @@ systemd 258.10 does.`,
 		Use:   "policy-digest --linux=FILE ... [--public-key=PEM|--certificate=CERT]",
 		Short: "Print the .pcrsig JSON without signatures, for signing elsewhere",
 		Long: `Prints the policies to sign: for each bank and phase, pol is the 32-byte
-PolicyPCR digest, to be signed as raw bytes with SHA-256
-(openssl dgst -sha256 -sign KEY pol.bin). "signet measure join" puts the
-signatures in.`,
+PolicyPCR digest and tbs the bytes to sign, as raw bytes with SHA-256
+(openssl dgst -sha256 -sign KEY tbs.bin): pol itself, or with --policyref=
+pol followed by the SHA-256 of the reference. "signet measure join" puts
+the signatures in.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, _, err := pf.style(true)
@@ -290,6 +294,9 @@ signatures in.`,
 			if err != nil {
 				return err
 			}
+			if pf.publicKey == "" && pf.key.certificate == "" {
+				pub = nil
+			}
 			res, err := pf.calculate()
 			if err != nil {
 				return err
@@ -298,7 +305,26 @@ signatures in.`,
 			if err != nil {
 				return err
 			}
-			doc, err := pf.loadAppend(measure.PolicyDigest(entries))
+			entries = measure.WithRef(entries, pf.policyRef)
+			doc := measure.PolicyDigest(entries)
+			if signer != nil {
+				// systemd-measure policy-digest signs too when given a
+				// private key, keeping the tbs members.
+				if doc, err = measure.Sign(entries, signer); err != nil {
+					return err
+				}
+				doc.AddTBS()
+				if pf.publicKey == "" && pf.key.certificate == "" {
+					// pkfp names only a key given as --public-key= or
+					// --certificate=, as in systemd's policy-digest.
+					for i := range doc.Banks {
+						for j := range doc.Banks[i].Entries {
+							doc.Banks[i].Entries[j].Pkfp = nil
+						}
+					}
+				}
+			}
+			doc, err = pf.loadAppend(doc)
 			if err != nil {
 				return err
 			}
@@ -351,10 +377,13 @@ func newMeasureJoinCmd() *cobra.Command {
 		Use:   "join --pcrsig=JSON|@FILE (--signature=POLHEX=FILE... | --signature-dir=DIR) --public-key=PEM --output=JSON",
 		Short: "Fill the sig fields of a policy-digest document from raw signatures, verifying each",
 		Long: `Takes the JSON printed by "signet measure policy-digest" (or
-"systemd-measure policy-digest") and raw signatures over each 32-byte pol
-(openssl dgst -sha256 -sign KEY), given per pol as --signature=POLHEX=FILE or as
-files <polhex>.sig in --signature-dir (as the OBS flow names them). Every
-signature is verified against the public key before anything is written.`,
+"systemd-measure policy-digest") and raw signatures over each entry's tbs
+(openssl dgst -sha256 -sign KEY): the 32-byte pol, or pol followed by
+SHA256(ref) for an entry with a policy reference. They are given per entry as
+--signature=TBSHEX=FILE or as files <tbshex>.sig in --signature-dir (as the
+OBS flow names them; for an entry without ref the tbs is the pol). Every
+signature is verified against the public key before anything is written;
+the output carries no tbs members, as systemd-measure sign writes it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pcrsig == "" {
@@ -394,21 +423,22 @@ signature is verified against the public key before anything is written.`,
 			}
 			m := map[string][]byte{}
 			for _, s := range sigs {
-				polhex, file, ok := strings.Cut(s, "=")
-				pol, err := hex.DecodeString(polhex)
-				if !ok || err != nil || len(pol) != 32 {
-					return fmt.Errorf("--signature=%s: want POLHEX=FILE with a 64-digit hex pol", s)
+				tbshex, file, ok := strings.Cut(s, "=")
+				tbs, err := hex.DecodeString(tbshex)
+				if !ok || err != nil || (len(tbs) != 32 && len(tbs) != 64) {
+					return fmt.Errorf("--signature=%s: want TBSHEX=FILE with the 64- or 128-digit hex tbs (pol, or pol and SHA256(ref))", s)
 				}
 				b, err := os.ReadFile(file)
 				if err != nil {
 					return err
 				}
-				m[string(pol)] = b
+				m[string(tbs)] = b
 			}
 			if sigDir != "" {
 				for _, b := range doc.Banks {
 					for _, e := range b.Entries {
-						p := filepath.Join(sigDir, hex.EncodeToString(e.Pol)+".sig")
+						tbs := e.Signed()
+						p := filepath.Join(sigDir, hex.EncodeToString(tbs)+".sig")
 						s, err := os.ReadFile(p)
 						if errors.Is(err, os.ErrNotExist) {
 							continue
@@ -416,8 +446,8 @@ signature is verified against the public key before anything is written.`,
 						if err != nil {
 							return err
 						}
-						if _, dup := m[string(e.Pol)]; !dup {
-							m[string(e.Pol)] = s
+						if _, dup := m[string(tbs)]; !dup {
+							m[string(tbs)] = s
 						}
 					}
 				}
@@ -431,8 +461,8 @@ signature is verified against the public key before anything is written.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&pcrsig, "pcrsig", "", "policy-digest JSON, or @FILE")
-	f.StringArrayVar(&sigs, "signature", nil, "POLHEX=FILE: raw signature over that pol (repeatable)")
-	f.StringVar(&sigDir, "signature-dir", "", "directory of <polhex>.sig raw signatures")
+	f.StringArrayVar(&sigs, "signature", nil, "TBSHEX=FILE: raw signature over that tbs (repeatable)")
+	f.StringVar(&sigDir, "signature-dir", "", "directory of <tbshex>.sig raw signatures")
 	f.StringVar(&publicKey, "public-key", "", "public key (PEM) the signatures must verify with")
 	f.StringVar(&certificate, "certificate", "", "certificate whose key the signatures must verify with")
 	f.StringVar(&output, "output", "", "signed .pcrsig JSON to write")

@@ -20,12 +20,14 @@ func newRepartCmd() *cobra.Command {
 	var key keyFlags
 	var defsDir, seedArg, deferArg, split, jsonMode, empty, size, dryRun string
 	var joins []string
+	var legacySize bool
 	c := &cobra.Command{
 		Use:   "repart --definitions=DIR [options] IMAGE",
 		Short: "Build a GPT disk image with dm-verity and signature partitions from repart.d definitions (as systemd-repart)",
 		Long: `Builds IMAGE from repart.d-style definitions, as
-systemd-repart --empty=create --size=auto does, byte for byte (see docs/verity.md
-for the supported keys; any other key is an error).
+systemd-repart 262 --empty=create --size=auto does, byte for byte (see
+docs/verity.md for the supported keys; any other key is an error).
+--legacy-auto-size sizes the image as systemd-repart 252 to 261 did.
 
 Online: --private-key= and --certificate= sign each verity-sig partition.
 Offline: --defer-partitions=usr-verity-sig builds the image without the
@@ -60,7 +62,7 @@ hash the image does not have, is an error and leaves the image untouched.`,
 			if err != nil {
 				return err
 			}
-			o := image.Options{Seed: seed, Split: doSplit}
+			o := image.Options{Seed: seed, Split: doSplit, LegacySize: legacySize}
 			var rep *image.Report
 			if len(joins) > 0 {
 				if key.privateKey != "" {
@@ -133,7 +135,8 @@ hash the image does not have, is an error and leaves the image untouched.`,
 	fs.StringVar(&seedArg, "seed", "", "UUID to derive partition UUIDs and the verity salt from, or random (default: /etc/machine-id)")
 	fs.StringVar(&deferArg, "defer-partitions", "", "comma-separated partition types to leave out, e.g. usr-verity-sig")
 	fs.StringArrayVar(&joins, "join-signature", nil, "ROOTHASH:PKCS7-FILE or ROOTHASH:base64:DATA to add to the image (repeatable)")
-	fs.StringVar(&split, "split", "no", "also write each partition to IMAGE.TYPE.raw")
+	fs.StringVar(&split, "split", "no", "also write each partition to IMAGE.TYPE.raw (IMAGE.TYPE for a name without .raw)")
+	fs.BoolVar(&legacySize, "legacy-auto-size", false, "size the image as systemd-repart 252-261 (end + backup GPT rounded to 4096) instead of as 262")
 	fs.StringVar(&jsonMode, "json", "off", "report: short, pretty or off")
 	fs.StringVar(&empty, "empty", "", "create or force: make a new image, replacing an existing one (without it, an existing IMAGE is refused)")
 	fs.StringVar(&size, "size", "", "only auto (the smallest image that fits)")

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"signet.dev/internal/atomicfile"
-	"signet.dev/internal/buildtime"
 	"signet.dev/keys"
 	"signet.dev/measure"
 	"signet.dev/uki"
@@ -86,8 +85,8 @@ func newUKIBuildCmd() *cobra.Command {
 	var (
 		stub, linux, cmdline, osrel, uname, splash, dtb, sbat, profile, output string
 		initrds, joinProfiles                                                  []string
-		pcrKey, pcrKeySource, pcrPub, pcrCert, phases, banks                   string
-		policyDigest                                                           bool
+		pcrKey, pcrKeySource, pcrPub, pcrCert, phases, banks, policyRef        string
+		policyDigest, signInitrd                                               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build --stub=STUB --linux=KERNEL [--initrd=F]... [--cmdline=TEXT|@F] [--os-release=TEXT|@F] [--pcr-private-key=KEY --pcr-public-key=PEM] --output=UKI",
@@ -97,7 +96,9 @@ out, and embeds .pcrpkey and a .pcrsig with signed PCR 11 policies for exactly
 the sections that stub release measures. With --policy-digest the .pcrsig
 carries the policies without signatures and they are printed (one JSON line
 per profile) for signing elsewhere; "signet uki join-pcrsig" adds the
-signatures later.`,
+signatures later. --policyref= binds the policies to a TPM2 policy reference;
+--sign-initrd-pcrs adds, as ukify 262 does, an enter-initrd policy per bank
+bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if stub == "" || linux == "" || output == "" {
@@ -153,13 +154,7 @@ signatures later.`,
 				if err != nil {
 					return fmt.Errorf("%s for .sbat: %w", src, err)
 				}
-				var stubSBAT []byte
-				if s := st.Section(".sbat"); s != nil {
-					if stubSBAT, err = s.Data(); err != nil {
-						return err
-					}
-				}
-				parts = append(parts, uki.BytesPart(".sbat", uki.MergeSBAT(stubSBAT, b)))
+				parts = append(parts, uki.BytesPart(".sbat", b))
 			}
 
 			// The PCR key: .pcrpkey is the given PEM verbatim, else the
@@ -208,6 +203,9 @@ signatures later.`,
 					return err
 				}
 			}
+			if signInitrd && pub == nil {
+				return errors.New("--sign-initrd-pcrs needs --pcr-private-key= or --policy-digest")
+			}
 			if policyDigest && pub == nil {
 				return errors.New("--policy-digest needs --pcr-public-key= or --pcr-certificate=")
 			}
@@ -239,16 +237,6 @@ signatures later.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", stub, err)
 			}
-			if os.Getenv("SOURCE_DATE_EPOCH") != "" {
-				t, err := buildtime.Now()
-				if err != nil {
-					return err
-				}
-				if t.Unix() < 0 || t.Unix() > 1<<32-1 {
-					return fmt.Errorf("SOURCE_DATE_EPOCH %d does not fit the PE TimeDateStamp (32 bits)", t.Unix())
-				}
-				plan.Timestamp = uint32(t.Unix())
-			}
 			var docs []*measure.PCRSig
 			if pub != nil {
 				ph, err := measure.ParsePhases(splitList(phases))
@@ -263,7 +251,17 @@ signatures later.`,
 				if err != nil {
 					return err
 				}
-				for _, es := range entries {
+				for i, es := range entries {
+					es = measure.WithRef(es, policyRef)
+					if signInitrd {
+						// ukify's extra signing group: the first key,
+						// phase enter-initrd, policy reference "initrd".
+						ie, err := plan.PrepareContext(i, []string{"enter-initrd"}, bk, pub)
+						if err != nil {
+							return err
+						}
+						es = append(es, measure.WithRef(ie, uki.InitrdPolicyRef)...)
+					}
 					var doc *measure.PCRSig
 					if policyDigest {
 						doc = measure.PolicyDigest(es)
@@ -294,7 +292,7 @@ signatures later.`,
 	f.StringVar(&uname, "uname", "", "kernel version [.uname]")
 	f.StringVar(&splash, "splash", "", "splash image file [.splash]")
 	f.StringVar(&dtb, "dtb", "", "devicetree file [.dtb]")
-	f.StringVar(&sbat, "sbat", "", "SBAT TEXT or @FILE, merged with the stub's [.sbat]")
+	f.StringVar(&sbat, "sbat", "", "SBAT TEXT or @FILE, merged with the stub's and kernel's [.sbat] (default: ukify's uki line)")
 	f.StringVar(&profile, "profile", "", "profile metadata TEXT or @FILE for the main UKI [.profile]")
 	f.StringArrayVar(&joinProfiles, "join-profile", nil, "PE with a profile's sections to append (repeatable)")
 	f.StringVar(&pcrKey, "pcr-private-key", "", "key that signs the PCR 11 policies: PEM file or pkcs11: URI")
@@ -304,6 +302,8 @@ signatures later.`,
 	f.StringVar(&phases, "phases", "", "phase paths to sign for, comma or space separated (default: the four systemd-measure signs)")
 	f.StringVar(&banks, "pcr-banks", "", "PCR banks, comma separated (default: sha1,sha256,sha384,sha512)")
 	f.BoolVar(&policyDigest, "policy-digest", false, "embed and print the policies unsigned, for offline signing")
+	f.StringVar(&policyRef, "policyref", "", "TPM2 policy reference to bind the PCR signatures to")
+	f.BoolVar(&signInitrd, "sign-initrd-pcrs", false, "also sign an enter-initrd policy per bank bound to the policy reference \"initrd\" (ukify 262)")
 	f.StringVar(&output, "output", "", "UKI to write")
 	return cmd
 }

@@ -75,3 +75,70 @@ func Contains(t testing.TB, out []byte, want string) {
 		t.Fatalf("output lacks %q:\n%s", want, out)
 	}
 }
+
+// sidRunner returns scripts/sid-chroot of the repository the test runs in
+// and fails the test unless its chroot is made (scripts/install-deps makes
+// it).
+func sidRunner(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p := filepath.Join(dir, "scripts", "sid-chroot")
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("scripts/sid-chroot not found above the test's directory")
+		}
+		dir = parent
+	}
+	cache := os.Getenv("SIGNET_TEST_CACHE")
+	if cache == "" {
+		cache = "/var/cache/signet-test"
+	}
+	if _, err := os.Stat(filepath.Join(cache, "sid", ".signet-stamp")); err != nil {
+		t.Fatalf("the Debian sid chroot with systemd 262 is missing (%v): run scripts/sid-chroot (scripts/install-deps does)", err)
+	}
+	return filepath.Join(dir, "scripts", "sid-chroot")
+}
+
+// SidCmd returns a command running the program name of the Debian sid
+// chroot (systemd 262: systemd-measure, ukify, systemd-repart, ...; the
+// systemd libexec directory is on its PATH) with args. Only files under
+// /tmp, the repository and the test cache are visible inside at the same
+// paths: use SidDir for the test's files.
+func SidCmd(t testing.TB, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	return exec.Command(sidRunner(t), append([]string{"run", name}, args...)...)
+}
+
+// Sid runs name in the sid chroot and returns its standard output, failing
+// the test (with its standard error) on a non-zero exit.
+func Sid(t testing.TB, name string, args ...string) []byte {
+	t.Helper()
+	cmd := SidCmd(t, name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sid %s %q: %v\n%s", name, args, err, stderr.Bytes())
+	}
+	return out
+}
+
+// SidDir returns a fresh directory under /tmp, removed after the test,
+// whose files the sid chroot sees at the same path (t.TempDir follows
+// $TMPDIR, which may point elsewhere).
+func SidDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/tmp", "signet-sid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

@@ -165,7 +165,8 @@ func PolicyPCR(bank string, pcr []byte) ([]byte, error) {
 }
 
 // PCRPolicy checks that the context's sections and phase give its PCR value
-// and that the TBS is that value's PolicyPCR digest. systemd 258 signs every
+// and that the TBS is that value's PolicyPCR digest, followed by SHA256(ref)
+// when the context names a policy reference. systemd 258 signs every
 // bank's pol with SHA-256 (the only variant a TPM's PolicyAuthorize
 // accepts), so the item's hash must be sha256.
 func PCRPolicy(it *request.Item) error {
@@ -181,7 +182,10 @@ func PCRPolicy(it *request.Item) error {
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(it.TBS, pol) {
+	if want := measure.PolicyTBS(pol, c.Ref); !bytes.Equal(it.TBS, want) {
+		if c.Ref != "" {
+			return refuse("tbs is not the PolicyPCR digest %x of PCR 11 = %s followed by SHA256(ref %q)", pol, c.PCR, c.Ref)
+		}
 		return refuse("tbs is not the PolicyPCR digest %x of PCR 11 = %s", pol, c.PCR)
 	}
 	if it.Hash != "sha256" {

@@ -361,3 +361,40 @@ func FuzzItem(f *testing.F) {
 		Item(items[int(which)%len(items)])
 	})
 }
+
+// TestPCRPolicyRef: a pcr-policy item bound to a policy reference has the
+// tbs systemd-measure 262 policy-digest --policyref= prints (pol ‖
+// SHA256(ref)); pol alone, or another reference, is refused.
+func TestPCRPolicyRef(t *testing.T) {
+	dir := testenv.SidDir(t)
+	linux := filepath.Join(dir, "linux")
+	os.WriteFile(linux, []byte("kernel image"), 0o600)
+	d := sha256.Sum256([]byte("kernel image"))
+	sections := []request.SectionDigest{{Name: ".linux", Digest: hex.EncodeToString(d[:])}}
+	out := testenv.Sid(t, "systemd-measure", "calculate", "--linux="+linux, "--bank=sha256", "--phase=enter-initrd", "--json=short")
+	pcr := regexp.MustCompile(`"hash":"([0-9a-f]{64})"`).FindSubmatch(out)
+	out = testenv.Sid(t, "systemd-measure", "policy-digest", "--linux="+linux, "--bank=sha256", "--phase=enter-initrd", "--policyref=initrd", "--json=short")
+	m := regexp.MustCompile(`"ref":"initrd","pol":"([0-9a-f]{64})","tbs":"([0-9a-f]{128})"`).FindSubmatch(out)
+	if pcr == nil || m == nil {
+		t.Fatalf("systemd-measure output: %s", out)
+	}
+	tbs, _ := hex.DecodeString(string(m[2]))
+	c := &request.PCRContext{UKI: "uki.efi", Bank: "sha256", Phase: "enter-initrd", Sections: sections, PCR: string(pcr[1]), Ref: "initrd"}
+	it := &request.Item{ID: "pcrs/uki.efi/" + string(m[2]), Kind: request.KindPCRPolicy, Key: "pcr", Hash: "sha256", TBS: tbs, PCR: c}
+	if err := Item(it); err != nil {
+		t.Fatal(err)
+	}
+	bad := *it
+	bad.TBS = tbs[:32]
+	refused(t, "pol without the reference", &bad)
+	bad = *it
+	cc := *c
+	cc.Ref = "other"
+	bad.PCR = &cc
+	refused(t, "other reference", &bad)
+	bad = *it
+	cc = *c
+	cc.Ref = ""
+	bad.PCR = &cc
+	refused(t, "no reference in the context", &bad)
+}
