@@ -221,7 +221,8 @@ func (p *pass) uki(u *UKIConfig) error {
 	if err != nil {
 		return err
 	}
-	plan.Timestamp = uint32(p.st.Time)
+	// The stub's TimeDateStamp is kept, as ukify (>= 258) keeps it, so a
+	// UKI of signet build is the one ukify and signet uki build make.
 	keysUsed := map[string]string{}
 	output := Output{File: u.Output, Kind: "uki", Keys: keysUsed}
 
@@ -261,8 +262,10 @@ func (p *pass) uki(u *UKIConfig) error {
 				if err != nil {
 					return err
 				}
-				it := request.Item{ID: fmt.Sprintf("pcrs/%s/%x", u.Output, e.Pol), Kind: request.KindPCRPolicy, Key: u.PCRKey, Hash: hashName, TBS: tbs,
-					PCR: &request.PCRContext{UKI: u.Output, Bank: e.Bank.Name, Phase: e.Phase, Sections: digests, PCR: hex.EncodeToString(e.PCR)}}
+				// Named by what is signed: with a policy reference two
+				// entries may share a pol.
+				it := request.Item{ID: fmt.Sprintf("pcrs/%s/%x", u.Output, tbs), Kind: request.KindPCRPolicy, Key: u.PCRKey, Hash: hashName, TBS: tbs,
+					PCR: &request.PCRContext{UKI: u.Output, Bank: e.Bank.Name, Phase: e.Phase, Sections: digests, PCR: hex.EncodeToString(e.PCR), Ref: e.Ref}}
 				sig, _, ok, err := p.sign(it)
 				if err != nil {
 					return err

@@ -400,11 +400,11 @@ func (v *verifier) uki(o Output, sb, pcr *x509.Certificate) {
 				if !want[b.Bank+":"+hex.EncodeToString(e.Pol)] {
 					return fmt.Errorf("bank %s: policy %x matches no predicted PCR 11 of this UKI", b.Bank, e.Pol)
 				}
-				if err := measure.VerifyEntry(pcr.PublicKey, e.Pol, e.Sig); err != nil {
+				if err := measure.VerifyEntry(pcr.PublicKey, e.Signed(), e.Sig); err != nil {
 					return fmt.Errorf("bank %s policy %x: %w", b.Bank, e.Pol, err)
 				}
 				v.peer(o.File, fmt.Sprintf(".pcrsig %s policy %x", b.Bank, e.Pol[:4]), "Verified OK", "openssl", "dgst", "-sha256", "-verify", pub,
-					"-signature", v.tmpFile("pol.sig", e.Sig), v.tmpFile("pol.bin", e.Pol))
+					"-signature", v.tmpFile("pol.sig", e.Sig), v.tmpFile("pol.bin", e.Signed()))
 				n++
 			}
 		}
