@@ -61,7 +61,7 @@ func TestFirmware(t *testing.T) {
 	goodSigned := serviceSign(t, cl, e.vkey, good, filepath.Join(dir, "good-signed.efi"))
 
 	// One boot: the signed systemd-boot loading uki as its only entry.
-	boot := func(t *testing.T, name, loaderPath, uki string, vars string, extra map[string][]byte) *boottest.Console {
+	boot := func(t *testing.T, name, loaderPath, uki string, vars string, extra map[string][]byte, tpm bool) *boottest.Console {
 		t.Helper()
 		files := map[string][]byte{
 			"/EFI/BOOT/BOOTX64.EFI": boottest.ReadFile(t, loaderPath),
@@ -72,8 +72,12 @@ func TestFirmware(t *testing.T) {
 			files[p] = b
 		}
 		esp := boottest.ESP(t, dir, name, files)
-		return boottest.Boot(t, boottest.Machine{Name: name, Dir: dir, Vars: vars, ESP: esp,
-			Stop: []string{markUKIRefused, markLoaderRefused, "SIGNET-BOOTTEST-DONE"}})
+		m := boottest.Machine{Name: name, Dir: dir, Vars: vars, ESP: esp,
+			Stop: []string{markUKIRefused, markLoaderRefused, "SIGNET-BOOTTEST-DONE"}}
+		if tpm {
+			m.TPMState = filepath.Join(dir, name+".tpm")
+		}
+		return boottest.Boot(t, m)
 	}
 	refused := func(t *testing.T, c *boottest.Console, marker string) {
 		t.Helper()
@@ -82,16 +86,22 @@ func TestFirmware(t *testing.T) {
 	}
 
 	t.Run("ServiceSigned", func(t *testing.T) {
-		c := boot(t, "service-signed", loader, goodSigned, vars, nil)
+		c := boot(t, "service-signed", loader, goodSigned, vars, nil, true)
 		c.Expect(t, boottest.InitMarker+" SIGNET-GOOD", markSecureBoot, markLockdown,
 			"integrity: Loaded X.509 cert 'signet boot test db")
+		// The TPM's PCR 11 is what systemd-stub measured: signet's
+		// prediction for this UKI must match it.
+		got, want := strings.ToLower(c.Value(boottest.PCR11Marker)), boottest.PCR11(t, goodSigned)
+		if got != want {
+			t.Fatalf("PCR 11 (sha256) in the booted system is %q, signet predicts %s:\n%s", got, want, c.Tail(30))
+		}
 	})
 	t.Run("UnsignedUKI", func(t *testing.T) {
-		refused(t, boot(t, "unsigned-uki", loader, good, vars, nil), markUKIRefused)
+		refused(t, boot(t, "unsigned-uki", loader, good, vars, nil, false), markUKIRefused)
 	})
 	t.Run("OtherKey", func(t *testing.T) {
 		u := boottest.Sign(t, good, filepath.Join(dir, "other-signed.efi"), other)
-		refused(t, boot(t, "other-key", loader, u, vars, nil), markUKIRefused)
+		refused(t, boot(t, "other-key", loader, u, vars, nil, false), markUKIRefused)
 	})
 	t.Run("ModifiedAfterSigning", func(t *testing.T) {
 		b := boottest.ReadFile(t, goodSigned)
@@ -104,10 +114,10 @@ func TestFirmware(t *testing.T) {
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		refused(t, boot(t, "modified", loader, p, vars, nil), markUKIRefused)
+		refused(t, boot(t, "modified", loader, p, vars, nil, false), markUKIRefused)
 	})
 	t.Run("UnsignedBootLoader", func(t *testing.T) {
-		refused(t, boot(t, "unsigned-loader", boottest.File(t, boottest.SystemdBoot), goodSigned, vars, nil), markLoaderRefused)
+		refused(t, boot(t, "unsigned-loader", boottest.File(t, boottest.SystemdBoot), goodSigned, vars, nil, false), markLoaderRefused)
 	})
 
 	// The hidden payload: an item whose SpcIndirectDataContent shows good's
@@ -143,7 +153,7 @@ func TestFirmware(t *testing.T) {
 		if err := os.WriteFile(p, forged, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		c := boot(t, "hidden-payload", loader, p, vars, nil)
+		c := boot(t, "hidden-payload", loader, p, vars, nil, false)
 		c.Expect(t, boottest.InitMarker+" SIGNET-EVIL", markSecureBoot)
 	})
 	t.Run("ServiceRefusesHiddenPayload", func(t *testing.T) {
@@ -171,11 +181,11 @@ func TestFirmware(t *testing.T) {
 		sv := boottest.SetupModeVars(t, dir, "setup-vars")
 		auth := boottest.AuthFiles(t, dir, pk, kek, []*boottest.Key{db})
 		auth["/loader/loader.conf"] = boottest.LoaderConf("signet.efi", "secure-boot-enroll force")
-		c := boot(t, "enroll", loader, goodSigned, sv, auth)
+		c := boot(t, "enroll", loader, goodSigned, sv, auth, false)
 		c.Expect(t, "Custom Secure Boot keys successfully enrolled")
-		c = boot(t, "enrolled", loader, goodSigned, sv, nil)
+		c = boot(t, "enrolled", loader, goodSigned, sv, nil, false)
 		c.Expect(t, boottest.InitMarker+" SIGNET-GOOD", markSecureBoot)
-		refused(t, boot(t, "enrolled-unsigned", loader, good, sv, nil), markUKIRefused)
+		refused(t, boot(t, "enrolled-unsigned", loader, good, sv, nil, false), markUKIRefused)
 	})
 }
 

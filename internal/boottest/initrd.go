@@ -52,6 +52,9 @@ func writeCPIO(entries []cpioEntry) []byte {
 	return b.Bytes()
 }
 
+// PCR11Marker starts the line where /init prints the TPM's sha256 PCR 11.
+const PCR11Marker = "SIGNET-BOOTTEST-PCR11:"
+
 // InitMarker is the line the initrd's /init prints first, followed by the
 // marker given to Initrd.
 const InitMarker = "SIGNET-BOOTTEST-INIT:"
@@ -78,7 +81,7 @@ $b mount -t sysfs sysfs /sys
 echo "` + InitMarker + ` ` + marker + `"
 $b dmesg | $b grep -e 'Secure boot' -e 'secureboot' -e 'locked down' -e 'integrity: Loaded' -e 'tpm'
 if [ -r /sys/class/tpm/tpm0/pcr-sha256/11 ]; then
-	echo "SIGNET-BOOTTEST-PCR11: $($b cat /sys/class/tpm/tpm0/pcr-sha256/11)"
+	echo "` + PCR11Marker + ` $($b cat /sys/class/tpm/tpm0/pcr-sha256/11)"
 fi
 echo "SIGNET-BOOTTEST-DONE"
 $b poweroff -f

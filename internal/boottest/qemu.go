@@ -74,6 +74,17 @@ func (c *Console) Refuse(t testing.TB, bad ...string) {
 	}
 }
 
+// Value returns the rest of the first console line that starts with
+// prefix, trimmed ("" when there is none).
+func (c *Console) Value(prefix string) string {
+	for _, l := range strings.Split(clean(c.Text), "\n") {
+		if v, ok := strings.CutPrefix(l, prefix); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
 // Tail returns the last n lines of the console, with control characters
 // (the firmware's screen escapes) dropped.
 func (c *Console) Tail(n int) string {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"signet.dev/authenticode"
 	"signet.dev/internal/atomicfile"
+	"signet.dev/measure"
 	"signet.dev/uki"
 )
 
@@ -118,4 +120,32 @@ func ReadFile(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// PCR11 returns signet's prediction (uki.Inspect) of the sha256 PCR 11
+// value the UKI at path leaves once its stub has measured its sections,
+// before any boot phase word: what the initrd's /init reads from the TPM.
+func PCR11(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	banks, err := measure.ParseBanks([]string{"sha256"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := uki.Inspect(f, fi.Size(), []string{""}, banks)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(r.Profiles) != 1 || len(r.Profiles[0].PCR11) != 1 || len(r.Profiles[0].PCR11[0].Phases) != 1 {
+		t.Fatalf("%s: uki.Inspect predicted %+v, want one profile, one bank, one phase", path, r.Profiles)
+	}
+	return strings.ToLower(r.Profiles[0].PCR11[0].Phases[0].Value)
 }
