@@ -16,6 +16,7 @@ import (
 	"signet.dev/authenticode"
 	"signet.dev/internal/atomicfile"
 	"signet.dev/internal/boottest"
+	"signet.dev/internal/testenv"
 	"signet.dev/keys"
 	"signet.dev/request"
 	"signet.dev/server/client"
@@ -155,6 +156,14 @@ func TestFirmware(t *testing.T) {
 		}
 		c := boot(t, "hidden-payload", loader, p, vars, nil, false)
 		c.Expect(t, boottest.InitMarker+" SIGNET-EVIL", markSecureBoot)
+		// Verifiers that parse the structure strictly refuse what the
+		// firmware runs: signet's own and sbverify.
+		if _, err := authenticode.Verify(peFile(t, p), []*x509.Certificate{db.Cert}); err == nil {
+			t.Error("signet's Authenticode verifier accepts the hidden-payload image")
+		}
+		if out, err := testenv.RunErr(t, "sbverify", "--cert", db.CertPath, p); err == nil {
+			t.Errorf("sbverify accepts the hidden-payload image:\n%s", out)
+		}
 	})
 	t.Run("ServiceRefusesHiddenPayload", func(t *testing.T) {
 		r := &request.Request{Format: request.FormatRequest, Build: "firmware-test", Items: []request.Item{hidden}}
@@ -172,6 +181,7 @@ func TestFirmware(t *testing.T) {
 		if ce.Status != http.StatusUnprocessableEntity || !strings.Contains(ce.Reason(), "SpcIndirectDataContent") {
 			t.Fatalf("refusal %d %q, want 422 naming the SpcIndirectDataContent", ce.Status, ce.Reason())
 		}
+		t.Logf("refused: %d %s", ce.Status, ce.Reason())
 	})
 
 	t.Run("EnrollFromAuthFiles", func(t *testing.T) {
@@ -189,23 +199,29 @@ func TestFirmware(t *testing.T) {
 	})
 }
 
-// peDigest is the SHA-256 Authenticode digest of the PE at path.
-func peDigest(t *testing.T, path string) []byte {
+// peFile parses the PE at path; the file stays open until the test ends.
+func peFile(t *testing.T, path string) *authenticode.File {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	fi, err := f.Stat()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, err := authenticode.Parse(f, fi.Size())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", path, err)
 	}
-	d, err := p.Digest(authenticode.Hash)
+	return p
+}
+
+// peDigest is the SHA-256 Authenticode digest of the PE at path.
+func peDigest(t *testing.T, path string) []byte {
+	t.Helper()
+	d, err := peFile(t, path).Digest(authenticode.Hash)
 	if err != nil {
 		t.Fatal(err)
 	}
