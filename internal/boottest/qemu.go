@@ -35,8 +35,9 @@ type Machine struct {
 	// Stop lists console strings that end the boot as soon as they appear
 	// (a refusal, say); the boot ends anyway when the guest powers off.
 	Stop []string
-	// Accel is "tcg" (default) or "kvm". OVMF's Secure Boot build needs
-	// SMM, which this machine's KVM does not offer (see docs/boot-test.md).
+	// Accel is "tcg" or "kvm"; empty means $SIGNET_BOOT_ACCEL, else tcg.
+	// OVMF's Secure Boot build needs SMM, which not every KVM offers (see
+	// docs/boot-test.md).
 	Accel string
 }
 
@@ -193,7 +194,14 @@ func Boot(t testing.TB, m Machine) *Console {
 	}
 	accel := m.Accel
 	if accel == "" {
+		accel = os.Getenv("SIGNET_BOOT_ACCEL")
+	}
+	switch accel {
+	case "":
 		accel = "tcg"
+	case "tcg", "kvm":
+	default:
+		t.Fatalf("accelerator %q: not tcg or kvm", accel)
 	}
 	logPath := filepath.Join(m.Dir, m.Name+".log")
 	os.Remove(logPath)
@@ -254,7 +262,7 @@ func Boot(t testing.TB, m Machine) *Console {
 		b, _ := os.ReadFile(qlog)
 		t.Fatalf("qemu exited with %v:\n%s", q.cmd.ProcessState, bytes.TrimSpace(b))
 	}
-	t.Logf("boot %s: %s after %v", m.Name, c.Ended, elapsed.Round(100*time.Millisecond))
+	t.Logf("boot %s (%s): %s after %v", m.Name, accel, c.Ended, elapsed.Round(100*time.Millisecond))
 	return c
 }
 
