@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path"
 	"testing"
 )
 
@@ -65,6 +66,13 @@ const InitMarker = "SIGNET-BOOTTEST-INIT:"
 // powers the machine off.
 func Initrd(t testing.TB, marker string) []byte {
 	t.Helper()
+	return initrd(t, marker, nil, "")
+}
+
+// initrd is Initrd with more files (their parent directories included) and
+// a shell fragment run before the power-off.
+func initrd(t testing.TB, marker string, extra []cpioEntry, script string) []byte {
+	t.Helper()
 	for _, c := range marker {
 		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
 			t.Fatalf("initrd marker %q: only letters, digits, '-', '_' and '.'", marker)
@@ -83,10 +91,11 @@ $b dmesg | $b grep -e 'Secure boot' -e 'secureboot' -e 'locked down' -e 'integri
 if [ -r /sys/class/tpm/tpm0/pcr-sha256/11 ]; then
 	echo "` + PCR11Marker + ` $($b cat /sys/class/tpm/tpm0/pcr-sha256/11)"
 fi
+` + script + `
 echo "SIGNET-BOOTTEST-DONE"
 $b poweroff -f
 `
-	return writeCPIO([]cpioEntry{
+	entries := []cpioEntry{
 		{name: "bin", mode: modeDir | 0o755},
 		{name: "bin/busybox", mode: modeFile | 0o755, data: bb},
 		{name: "dev", mode: modeDir | 0o755},
@@ -94,5 +103,23 @@ $b poweroff -f
 		{name: "init", mode: modeFile | 0o755, data: []byte(init)},
 		{name: "proc", mode: modeDir | 0o755},
 		{name: "sys", mode: modeDir | 0o755},
-	})
+		{name: "tmp", mode: modeDir | 0o1777},
+	}
+	have := map[string]bool{}
+	for _, e := range entries {
+		have[e.name] = true
+	}
+	for _, e := range extra {
+		var parents []string
+		for d := path.Dir(e.name); d != "." && !have[d]; d = path.Dir(d) {
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			have[d] = true
+			entries = append(entries, cpioEntry{name: d, mode: modeDir | 0o755})
+		}
+		have[e.name] = true
+		entries = append(entries, e)
+	}
+	return writeCPIO(entries)
 }

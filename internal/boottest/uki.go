@@ -39,30 +39,9 @@ func Kernel(t testing.TB) string {
 // (the stub from the chroot, Kernel, initrd, cmdline) and returns its path.
 func UKI(t testing.TB, dir, name string, initrd []byte, cmdline string) string {
 	t.Helper()
-	sf, err := os.Open(File(t, Stub))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sf.Close()
-	fi, err := sf.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stub, err := uki.Parse(sf, fi.Size())
-	if err != nil {
-		t.Fatalf("%s: %v", Stub, err)
-	}
-	kernel, err := os.ReadFile(Kernel(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	osrel := "ID=signet-boottest\nNAME=\"signet boot test\"\nPRETTY_NAME=\"signet boot test " + name + "\"\n"
-	plan, err := uki.NewPlan(stub, []uki.Part{
-		uki.BytesPart(".osrel", []byte(osrel)),
-		uki.BytesPart(".cmdline", []byte(cmdline)),
-		uki.BytesPart(".initrd", initrd),
-		uki.BytesPart(".linux", kernel),
-	}, nil)
+	stub, closeStub := parseStub(t)
+	defer closeStub()
+	plan, err := uki.NewPlan(stub, parts(t, name, initrd, cmdline), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +54,39 @@ func UKI(t testing.TB, dir, name string, initrd []byte, cmdline string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// parseStub opens the chroot's systemd-stub.
+func parseStub(t testing.TB) (*uki.File, func()) {
+	t.Helper()
+	sf, err := os.Open(File(t, Stub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := sf.Stat()
+	if err != nil {
+		sf.Close()
+		t.Fatal(err)
+	}
+	stub, err := uki.Parse(sf, fi.Size())
+	if err != nil {
+		sf.Close()
+		t.Fatalf("%s: %v", Stub, err)
+	}
+	return stub, func() { sf.Close() }
+}
+
+// parts are a UKI's sections besides the stub's: os-release, cmdline,
+// initrd and Kernel.
+func parts(t testing.TB, name string, initrd []byte, cmdline string) []uki.Part {
+	t.Helper()
+	osrel := "ID=signet-boottest\nNAME=\"signet boot test\"\nPRETTY_NAME=\"signet boot test " + name + "\"\n"
+	return []uki.Part{
+		uki.BytesPart(".osrel", []byte(osrel)),
+		uki.BytesPart(".cmdline", []byte(cmdline)),
+		uki.BytesPart(".initrd", initrd),
+		uki.BytesPart(".linux", ReadFile(t, Kernel(t))),
+	}
 }
 
 // SignedAt is the signing time of every signature made here, for
