@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"signet.dev/internal/strictjson"
 	"signet.dev/keys"
 	"signet.dev/request"
 	"signet.dev/server/api"
@@ -184,7 +185,8 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	case *[]byte:
 		*o = data
 	default:
-		if err := json.Unmarshal(data, out); err != nil {
+		// Strict: the client reads an answer as any other JSON reader would.
+		if err := strictjson.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 		}
 	}
