@@ -67,6 +67,17 @@ type LimitsConfig struct {
 	MaxItems        int     `toml:"max_items"`         // default 4096
 	Rate            float64 `toml:"rate"`              // API calls per second per client (default 50)
 	Burst           int     `toml:"burst"`             // default 2×rate
+	// MaxConcurrent bounds one client's concurrent submissions, fetches
+	// and audit log reads (default 16); more are answered 429.
+	MaxConcurrent int `toml:"max_concurrent"`
+	// ReadTimeout bounds reading a call's headers and body ("60s"): a
+	// client trickling its body is cut off then.
+	ReadTimeout Duration `toml:"read_timeout"`
+	// WriteTimeout bounds writing an answer ("60s"; a long-polling fetch
+	// gets its wait on top): a client that does not read is cut off then.
+	WriteTimeout Duration `toml:"write_timeout"`
+	// IdleTimeout closes kept-alive connections idle this long ("120s").
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // KeyConfig is a signing key the service holds.
@@ -223,6 +234,14 @@ func (c *Config) Check() error {
 	}
 	if l.Burst <= 0 {
 		l.Burst = int(2*l.Rate) + 1
+	}
+	if l.MaxConcurrent <= 0 {
+		l.MaxConcurrent = 16
+	}
+	for p, def := range map[*Duration]time.Duration{&l.ReadTimeout: 60 * time.Second, &l.WriteTimeout: 60 * time.Second, &l.IdleTimeout: 120 * time.Second} {
+		if p.Duration == 0 {
+			p.Duration = def
+		}
 	}
 	keyset := map[string]*KeyConfig{}
 	for i := range c.Keys {

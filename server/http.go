@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -71,11 +72,27 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// expensive routes hold memory or a store cursor while they run: each
+// client may run limits.max_concurrent of them at once.
+var expensive = map[string]bool{
+	"POST /v1/requests":              true,
+	"GET /v1/requests/{id}/response": true,
+	"GET /v1/audit/entries":          true,
+}
+
 // authenticated resolves the caller's identity (client certificate, then
-// bearer token), applies the rate limit, logs and counts the call.
+// bearer token), applies the rate limit and the concurrency bound, logs
+// and counts the call.
 func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.Request, *identity)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if route == "GET /v1/requests/{id}/response" && r.URL.Query().Has("wait") {
+			// A long poll may wait maxWait before it writes: extend this
+			// call's deadlines by that (the server's apply to the rest).
+			rc := http.NewResponseController(w)
+			rc.SetWriteDeadline(start.Add(maxWait + s.cfg.Limits.WriteTimeout.Duration))
+			rc.SetReadDeadline(start.Add(maxWait + s.cfg.Limits.ReadTimeout.Duration))
+		}
 		sw := &statusWriter{ResponseWriter: w, code: 200}
 		id := s.identify(r)
 		name := ""
@@ -85,10 +102,20 @@ func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.R
 			writeError(sw, http.StatusUnauthorized, "unknown client: present a known client certificate or bearer token", nil)
 		case !s.limits.allow(id.name, start):
 			name = id.name
+			s.metrics.rateLimited.Inc()
 			sw.Header().Set("Retry-After", "1")
 			writeError(sw, http.StatusTooManyRequests, "rate limit exceeded for client "+id.name, nil)
+		case expensive[route] && !s.gate.enter(id.name):
+			name = id.name
+			s.metrics.busy.WithLabelValues(route).Inc()
+			s.log.Warn("concurrency limit", "client", id.name, "route", route, "limit", s.cfg.Limits.MaxConcurrent)
+			sw.Header().Set("Retry-After", "1")
+			writeError(sw, http.StatusTooManyRequests, fmt.Sprintf("client %s has %d calls in progress, the limit", id.name, s.cfg.Limits.MaxConcurrent), nil)
 		default:
 			name = id.name
+			if expensive[route] {
+				defer s.gate.leave(id.name)
+			}
 			h(sw, r, id)
 		}
 		s.metrics.http.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
@@ -171,20 +198,24 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, co
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
-	var buf bytes.Buffer
-	if n := r.ContentLength; n > 0 && n <= s.cfg.Limits.MaxRequestBytes {
-		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	limit := s.cfg.Limits.MaxRequestBytes
+	if r.ContentLength > limit {
+		s.tooLarge(w, id, r.ContentLength)
+		return
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxRequestBytes))
-	body := buf.Bytes()
+	body, err := readBody(r.Body, limit)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.metrics.submissions.WithLabelValues("invalid").Inc()
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.Limits.MaxRequestBytes), nil)
-			return
+		var ne net.Error
+		switch {
+		case errors.Is(err, errTooLarge):
+			s.tooLarge(w, id, -1)
+		case errors.As(err, &ne) && ne.Timeout():
+			s.metrics.slowClients.WithLabelValues("read").Inc()
+			s.log.Warn("slow client cut off", "client", id.name, "read", len(body), "declared", r.ContentLength, "timeout", s.cfg.Limits.ReadTimeout.String())
+			writeError(w, http.StatusRequestTimeout, "reading request body: timed out", nil)
+		default:
+			writeError(w, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 		}
-		writeError(w, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 		return
 	}
 	req, err := request.Parse(body)
@@ -278,6 +309,46 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 	w.Header().Set("Location", "/v1/requests/"+reqID)
 	writeJSON(w, code, s.statusOf(stored))
+}
+
+// errTooLarge: a body past limits.max_request_bytes.
+var errTooLarge = errors.New("request body too large")
+
+// readBody reads r whole, growing its buffer only as bytes arrive (a
+// declared Content-Length allocates nothing) and never past limit bytes.
+// On an error it returns what was read.
+func readBody(r io.Reader, limit int64) ([]byte, error) {
+	buf := make([]byte, 0, min(limit+1, 32<<10))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return buf, errTooLarge
+			}
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(cap(buf)))))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return buf, errTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// tooLarge refuses a body over the limit (declared: its Content-Length,
+// or -1 when it grew past the limit while read).
+func (s *Server) tooLarge(w http.ResponseWriter, id *identity, declared int64) {
+	s.metrics.submissions.WithLabelValues("invalid").Inc()
+	s.metrics.bodyTooLarge.Inc()
+	s.log.Warn("request body over the limit", "client", id.name, "declared", declared, "limit", s.cfg.Limits.MaxRequestBytes)
+	// The rest of the body is not read: close the connection after the answer.
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.Limits.MaxRequestBytes), nil)
 }
 
 func (s *Server) statusOf(r *store.Request) *api.Status {
@@ -603,14 +674,31 @@ func (s *Server) entries(w http.ResponseWriter, r *http.Request, id *identity) {
 		return
 	}
 	end = min(end, start+maxEntriesPerCall)
-	ents, err := s.store.Entries(r.Context(), start, end)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
-		return
-	}
+	// Streamed from the store as read: memory stays one entry and the
+	// socket buffers, whatever the range; a client that stops reading is
+	// cut off by the write timeout, which ends the store cursor too.
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	for _, e := range ents {
-		w.Write(e)
-		w.Write([]byte{'\n'})
+	wrote := false
+	var werr error
+	err := s.store.EachEntry(r.Context(), start, end, func(_ int64, e []byte) error {
+		wrote = true
+		if _, werr = w.Write(append(e, '\n')); werr != nil {
+			return werr
+		}
+		return nil
+	})
+	switch {
+	case werr != nil:
+		var ne net.Error
+		if errors.As(werr, &ne) && ne.Timeout() {
+			s.metrics.slowClients.WithLabelValues("write").Inc()
+			s.log.Warn("slow client cut off", "client", id.name, "route", "GET /v1/audit/entries", "timeout", s.cfg.Limits.WriteTimeout.String())
+		}
+	case err != nil && !wrote:
+		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
+	case err != nil:
+		// Too late for a status; every line written is whole, and a
+		// client asks again from the first entry it did not get.
+		s.log.Error("streaming audit entries", "err", err)
 	}
 }

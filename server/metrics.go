@@ -16,6 +16,11 @@ type metrics struct {
 	signErrors    *prometheus.CounterVec
 	signSeconds   *prometheus.HistogramVec
 	commitSeconds prometheus.Histogram
+	// Anomalies: what hostile or broken clients cause.
+	bodyTooLarge prometheus.Counter
+	slowClients  *prometheus.CounterVec
+	busy         *prometheus.CounterVec
+	rateLimited  prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -42,6 +47,18 @@ func newMetrics(s *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
+	m.bodyTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signet_request_body_too_large_total", Help: "Submissions refused because their body exceeded limits.max_request_bytes.",
+	})
+	m.slowClients = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_slow_clients_total", Help: "Calls cut off by a timeout: reading the body (read) or writing the answer (write).",
+	}, []string{"phase"})
+	m.busy = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_concurrency_refusals_total", Help: "Calls answered 429 because the client already had limits.max_concurrent calls in progress, by route.",
+	}, []string{"route"})
+	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signet_rate_limited_total", Help: "Calls answered 429 by the per-client rate limit.",
+	})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "signet_items_pending", Help: "Items queued for signing (all replicas).",
 	}, func() float64 {
@@ -53,6 +70,7 @@ func newMetrics(s *Server) *metrics {
 		}
 		return float64(n)
 	})
+	m.reg.MustRegister(m.bodyTooLarge, m.slowClients, m.busy, m.rateLimited)
 	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, pending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

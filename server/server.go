@@ -60,6 +60,7 @@ type Server struct {
 	noteV   string // verifier key, published at /v1/audit/key
 	owner   string // lease owner id of this process
 	limits  *limiter
+	gate    *gate // concurrent expensive calls per client
 	metrics *metrics
 	lockf   *os.File // sqlite: held flock
 
@@ -171,6 +172,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		}
 	}
 	s.limits = newLimiter(cfg.Limits.Rate, cfg.Limits.Burst)
+	s.gate = newGate(cfg.Limits.MaxConcurrent)
 	s.metrics = newMetrics(s)
 	return s, nil
 }
@@ -296,10 +298,17 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if tlsc != nil {
 		l = tls.NewListener(l, tlsc)
 	}
+	// Every phase of a connection is bounded, so slow or stalled clients
+	// release what they hold: a long-polling fetch extends its own write
+	// deadline by its wait (see longPoll).
+	lim := s.cfg.Limits
 	hs := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, lim.ReadTimeout.Duration),
+		ReadTimeout:       lim.ReadTimeout.Duration,
+		WriteTimeout:      lim.WriteTimeout.Duration,
+		IdleTimeout:       lim.IdleTimeout.Duration,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.Start()

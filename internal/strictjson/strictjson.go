@@ -119,7 +119,7 @@ func (w *walker) value(t reflect.Type, path string) error {
 					if name := foldMatch(fields, k); name != "" {
 						return fmt.Errorf("%w: %s: key %q differs from field %q only by case", ErrStrict, path, k, name)
 					}
-					return fmt.Errorf("%w: %s: unknown key %q", ErrStrict, path, k)
+					return fmt.Errorf("%w: %s: unknown field %q", ErrStrict, path, k)
 				}
 				sub = ft
 			}

@@ -329,6 +329,9 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 		signed    = map[[2]string]int64{}
 		submitter = map[string]string{}          // request → client of its first submit
 		approvers = map[string]map[string]bool{} // request → distinct approvers
+		// semErr is the first semantic error: reported once the tree
+		// hash matched, so an edited log is reported as edited.
+		semErr error
 	)
 	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
@@ -379,13 +382,13 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 			approvers[e.Request][e.Client] = true
 		case TypeSign:
 			k := [2]string{e.Request, e.Item}
-			if prev, dup := signed[k]; dup {
-				return nil, fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
+			if prev, dup := signed[k]; dup && semErr == nil {
+				semErr = fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
 			}
 			signed[k] = e.Index
 			sub, ok := submitter[e.Request]
-			if !ok || sub != e.Client {
-				return nil, fmt.Errorf("entry %d signs item %q of request %s for client %q, which no earlier entry shows submitted: %w", e.Index, e.Item, e.Request, e.Client, ErrUnsubmitted)
+			if (!ok || sub != e.Client) && semErr == nil {
+				semErr = fmt.Errorf("entry %d signs item %q of request %s for client %q, which no earlier entry shows submitted: %w", e.Index, e.Item, e.Request, e.Client, ErrUnsubmitted)
 			}
 			if need := opt.Approvals[e.Key]; need > 0 {
 				got := 0
@@ -394,8 +397,8 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 						got++
 					}
 				}
-				if got < need {
-					return nil, fmt.Errorf("entry %d signs item %q of request %s with key %q after %d approvals, the key needs %d: %w", e.Index, e.Item, e.Request, e.Key, got, need, ErrUnapproved)
+				if got < need && semErr == nil {
+					semErr = fmt.Errorf("entry %d signs item %q of request %s with key %q after %d approvals, the key needs %d: %w", e.Index, e.Item, e.Request, e.Key, got, need, ErrUnapproved)
 				}
 			}
 		}
@@ -410,6 +413,9 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 	}
 	if th != c.Hash {
 		return nil, ErrMismatch
+	}
+	if semErr != nil {
+		return nil, semErr
 	}
 	rep.Entries = n
 	rep.Signed = int64(len(signed))

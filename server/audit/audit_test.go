@@ -78,11 +78,12 @@ func TestVerifyLog(t *testing.T) {
 		log  string
 		want error
 	}{
-		"edited":       {strings.Replace(string(log), `"item":"item2"`, `"item":"itemX"`, 1), ErrMismatch},
-		"dropped":      {strings.Join(append(append([]string{}, lines[:2]...), lines[3:]...), ""), ErrMismatch},
-		"reordered":    {lines[1] + lines[0] + strings.Join(lines[2:], ""), ErrMismatch},
-		"truncated":    {strings.Join(lines[:8], ""), ErrShortLog},
-		"double":       {dupItem, ErrDoubleSigned},
+		"edited":    {strings.Replace(string(log), `"item":"item2"`, `"item":"itemX"`, 1), ErrMismatch},
+		"dropped":   {strings.Join(append(append([]string{}, lines[:2]...), lines[3:]...), ""), ErrMismatch},
+		"reordered": {lines[1] + lines[0] + strings.Join(lines[2:], ""), ErrMismatch},
+		"truncated": {strings.Join(lines[:8], ""), ErrShortLog},
+		"double":    {dupItem, ErrMismatch}, // edited: reported as such
+
 		"garbage line": {strings.Replace(string(log), lines[5], "{}\n", 1), ErrBadEntry},
 	} {
 		if _, err := VerifyLog(strings.NewReader(c.log), cp); !errors.Is(err, c.want) {
@@ -261,6 +262,7 @@ func TestVerifySemantics(t *testing.T) {
 		"one approval":      {[]*Entry{sub, appr("alice"), appr("alice"), sign("ci", "db")}, gated, ErrUnapproved},
 		"self approval":     {[]*Entry{sub, appr("ci"), appr("bob"), sign("ci", "db")}, gated, ErrUnapproved},
 		"approved too late": {[]*Entry{sub, appr("alice"), sign("ci", "db"), appr("bob")}, gated, ErrUnapproved},
+		"double signed":     {[]*Entry{sub, sign("ci", "db"), sign("ci", "db")}, VerifyOptions{}, ErrDoubleSigned},
 		"ungated key":       {[]*Entry{sub, sign("ci", "uki")}, gated, nil},
 		"unknown type":      {[]*Entry{sub, {Time: tm, Type: "cancel", Client: "ci", Request: "r1"}, sign("ci", "db")}, VerifyOptions{}, nil},
 	} {
