@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -94,12 +95,17 @@ func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.R
 			rc.SetReadDeadline(start.Add(maxWait + s.cfg.Limits.ReadTimeout.Duration))
 		}
 		sw := &statusWriter{ResponseWriter: w, code: 200}
-		id := s.identify(r)
+		id, why := s.identify(r)
 		name := ""
 		switch {
 		case id == nil:
+			msg := "unknown client: present a known client certificate or bearer token"
+			if why != "" {
+				msg = "client refused: " + why
+				s.log.Warn("client refused", "remote", r.RemoteAddr, "why", why)
+			}
 			sw.Header().Set("WWW-Authenticate", `Bearer realm="signet"`)
-			writeError(sw, http.StatusUnauthorized, "unknown client: present a known client certificate or bearer token", nil)
+			writeError(sw, http.StatusUnauthorized, msg, nil)
 		case !s.limits.allow(id.name, start):
 			name = id.name
 			s.metrics.rateLimited.Inc()
@@ -123,29 +129,89 @@ func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.R
 	})
 }
 
-func (s *Server) identify(r *http.Request) *identity {
+// oidCN is the X.520 commonName attribute.
+var oidCN = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// identify returns the caller's identity, or nil and why not (for the
+// answer and the log). A client certificate names at most one identity:
+// a pinned fingerprint (within the certificate's validity), else the
+// configured common names and subject alternative names it carries, which
+// count only for a certificate chaining to client_ca, with exactly one CN
+// if a CN is used, and all naming the same client.
+func (s *Server) identify(r *http.Request) (*identity, string) {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		c := r.TLS.PeerCertificates[0]
 		fp := sha256.Sum256(c.Raw)
 		if id := s.certFP[hex.EncodeToString(fp[:])]; id != nil {
-			return id
-		}
-		// A common name counts only for a certificate that chains to the
-		// configured client CA.
-		if id := s.certCN[c.Subject.CommonName]; id != nil && s.caPool != nil {
-			inter := x509.NewCertPool()
-			for _, ic := range r.TLS.PeerCertificates[1:] {
-				inter.AddCert(ic)
+			if now := time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+				return nil, s.authRefused("pinned_outside_validity", fmt.Sprintf("pinned client certificate of %s is valid from %s to %s only", id.name, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339)))
 			}
-			if _, err := c.Verify(x509.VerifyOptions{Roots: s.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
-				return id
+			return id, ""
+		}
+		if s.caPool != nil && len(s.certCN)+len(s.certSAN) > 0 {
+			var ids []*identity
+			add := func(id *identity) {
+				if id != nil && !slices.Contains(ids, id) {
+					ids = append(ids, id)
+				}
+			}
+			var cns []*identity
+			n := 0
+			for _, a := range c.Subject.Names {
+				if a.Type.Equal(oidCN) {
+					n++
+					if v, ok := a.Value.(string); ok && s.certCN[v] != nil {
+						cns = append(cns, s.certCN[v])
+					}
+				}
+			}
+			if n > 1 && len(cns) > 0 {
+				// Readers disagree on which CN counts (Go takes the last).
+				return nil, s.authRefused("multiple_cn", fmt.Sprintf("client certificate subject has %d common names: one identity, one CN", n))
+			}
+			for _, id := range cns {
+				add(id)
+			}
+			for _, d := range c.DNSNames {
+				add(s.certSAN["dns:"+strings.ToLower(d)])
+			}
+			for _, u := range c.URIs {
+				add(s.certSAN["uri:"+u.String()])
+			}
+			for _, e := range c.EmailAddresses {
+				add(s.certSAN["email:"+e])
+			}
+			switch {
+			case len(ids) > 1:
+				var names []string
+				for _, id := range ids {
+					names = append(names, id.name)
+				}
+				return nil, s.authRefused("ambiguous", "client certificate names several clients: "+strings.Join(names, ", "))
+			case len(ids) == 1:
+				inter := x509.NewCertPool()
+				for _, ic := range r.TLS.PeerCertificates[1:] {
+					inter.AddCert(ic)
+				}
+				if _, err := c.Verify(x509.VerifyOptions{Roots: s.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+					return nil, s.authRefused("chain", "client certificate: "+err.Error())
+				}
+				return ids[0], ""
 			}
 		}
 	}
 	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
-		return s.tokens[tokenHash(strings.TrimSpace(tok))]
+		if id := s.tokens[tokenHash(strings.TrimSpace(tok))]; id != nil {
+			return id, ""
+		}
 	}
-	return nil
+	return nil, s.authRefused("unknown", "")
+}
+
+// authRefused counts a refused identity by reason and returns the detail.
+func (s *Server) authRefused(reason, detail string) string {
+	s.metrics.authRefused.WithLabelValues(reason).Inc()
+	return detail
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

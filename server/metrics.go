@@ -21,6 +21,7 @@ type metrics struct {
 	slowClients  *prometheus.CounterVec
 	busy         *prometheus.CounterVec
 	rateLimited  prometheus.Counter
+	authRefused  *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -59,6 +60,9 @@ func newMetrics(s *Server) *metrics {
 	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "signet_rate_limited_total", Help: "Calls answered 429 by the per-client rate limit.",
 	})
+	m.authRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_auth_refusals_total", Help: "Calls answered 401, by reason (unknown, multiple_cn, ambiguous, chain, pinned_outside_validity).",
+	}, []string{"reason"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "signet_items_pending", Help: "Items queued for signing (all replicas).",
 	}, func() float64 {
@@ -70,7 +74,7 @@ func newMetrics(s *Server) *metrics {
 		}
 		return float64(n)
 	})
-	m.reg.MustRegister(m.bodyTooLarge, m.slowClients, m.busy, m.rateLimited)
+	m.reg.MustRegister(m.bodyTooLarge, m.slowClients, m.busy, m.rateLimited, m.authRefused)
 	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, pending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

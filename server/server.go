@@ -55,7 +55,8 @@ type Server struct {
 	tokens  map[string]*identity // by hex SHA-256 of the token
 	certFP  map[string]*identity // by hex SHA-256 of the certificate DER
 	certCN  map[string]*identity
-	caPool  *x509.CertPool // issuers of certificate_cn clients
+	certSAN map[string]*identity // by NormalizeSAN form
+	caPool  *x509.CertPool       // issuers of certificate_cn clients
 	note    note.Signer
 	noteV   string // verifier key, published at /v1/audit/key
 	owner   string // lease owner id of this process
@@ -101,7 +102,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	s := &Server{
 		cfg: cfg, log: log,
 		keys:   map[string]*key{},
-		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{},
+		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{}, certSAN: map[string]*identity{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: map[string]*waiters{},
 	}
 	defer func() {
@@ -147,6 +148,18 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		for _, cn := range cc.CertificateCN {
 			s.certCN[cn] = id
 		}
+		for _, san := range cc.CertificateSAN {
+			n, err := NormalizeSAN(san)
+			if err != nil {
+				return nil, fmt.Errorf("client %q: certificate_san %q: %w", cc.Name, san, err)
+			}
+			s.certSAN[n] = id
+		}
+	}
+	if len(s.certFP) > 0 {
+		// The pinning contract: a pin names one certificate, and that
+		// certificate still counts only within its validity period.
+		log.Info("pinned client certificates (certificate_sha256) are refused before their notBefore and after their notAfter", "pins", len(s.certFP))
 	}
 
 	if cfg.Store.Driver == "sqlite" {
