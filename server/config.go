@@ -153,6 +153,9 @@ func ParseConfig(data []byte, dir string) (*Config, error) {
 	if un := md.Undecoded(); len(un) > 0 {
 		return nil, fmt.Errorf("unknown setting %q", un[0].String())
 	}
+	if err := exactKeys(md); err != nil {
+		return nil, err
+	}
 	c.resolve(dir)
 	if err := c.Check(); err != nil {
 		return nil, err
