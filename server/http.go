@@ -249,11 +249,13 @@ func writeError(w http.ResponseWriter, code int, msg string, items []api.ItemErr
 
 // refuse answers a policy or check refusal and records it in the audit log.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, code int, reqID, msg string, items []api.ItemError) {
-	reason := msg
+	// Linear in the items (the entry keeps a bounded prefix and digest).
+	var reason strings.Builder
+	reason.WriteString(msg)
 	for _, it := range items {
-		reason += "; " + it.ID + ": " + it.Reason
+		reason.WriteString("; " + it.ID + ": " + it.Reason)
 	}
-	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeRefuse, Client: id.name, Request: reqID, Status: code, Reason: reason}
+	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeRefuse, Client: id.name, Request: reqID, Status: code, Reason: reason.String()}
 	// Record the refusal even if the client hangs up meanwhile.
 	if err := s.store.Audit(context.WithoutCancel(r.Context()), e); err != nil {
 		s.log.Error("auditing a refusal", "err", err)
