@@ -23,3 +23,23 @@ func TestConfigKeysExact(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzNormalizeSAN: a normalised name is a fixed point and keeps its type.
+func FuzzNormalizeSAN(f *testing.F) {
+	for _, s := range []string{"dns:Builder.Example", "uri:spiffe://x/y", "email:a@b", "ip:1.2.3.4", "dns:*.x", ":", "DNS: x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := NormalizeSAN(s)
+		if err != nil {
+			return
+		}
+		again, err := NormalizeSAN(n)
+		if err != nil || again != n {
+			t.Fatalf("%q → %q → %q, %v", s, n, again, err)
+		}
+		if !strings.HasPrefix(n, "dns:") && !strings.HasPrefix(n, "uri:") && !strings.HasPrefix(n, "email:") {
+			t.Fatalf("%q → %q", s, n)
+		}
+	})
+}

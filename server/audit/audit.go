@@ -327,7 +327,7 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 		n         int64
 		rep       = &Report{Types: map[string]int64{}}
 		signed    = map[[2]string]int64{}
-		submitter = map[string]string{}          // request → client of its first submit
+		submitter = map[string]map[string]bool{} // request → clients that submitted it
 		approvers = map[string]map[string]bool{} // request → distinct approvers
 		// semErr is the first semantic error: reported once the tree
 		// hash matched, so an edited log is reported as edited.
@@ -372,9 +372,10 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 		rep.Types[e.Type]++
 		switch e.Type {
 		case TypeSubmit:
-			if _, ok := submitter[e.Request]; !ok {
-				submitter[e.Request] = e.Client
+			if submitter[e.Request] == nil {
+				submitter[e.Request] = map[string]bool{}
 			}
+			submitter[e.Request][e.Client] = true
 		case TypeApprove:
 			if approvers[e.Request] == nil {
 				approvers[e.Request] = map[string]bool{}
@@ -386,14 +387,13 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 				semErr = fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
 			}
 			signed[k] = e.Index
-			sub, ok := submitter[e.Request]
-			if (!ok || sub != e.Client) && semErr == nil {
+			if !submitter[e.Request][e.Client] && semErr == nil {
 				semErr = fmt.Errorf("entry %d signs item %q of request %s for client %q, which no earlier entry shows submitted: %w", e.Index, e.Item, e.Request, e.Client, ErrUnsubmitted)
 			}
 			if need := opt.Approvals[e.Key]; need > 0 {
 				got := 0
 				for a := range approvers[e.Request] {
-					if a != sub {
+					if a != e.Client {
 						got++
 					}
 				}
