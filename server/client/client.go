@@ -165,8 +165,10 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	defer resp.Body.Close()
 	const maxAnswer = 1 << 30
 	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= maxAnswer {
-		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	// One allocation for an ordinary answer, not a doubling series; a
+	// larger declared length grows only as its bytes arrive.
+	if n := resp.ContentLength; n > 0 && n <= 64<<20 {
+		buf.Grow(int(n) + bytes.MinRead)
 	}
 	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
 	data := buf.Bytes()
