@@ -108,9 +108,18 @@ func slowSubmit(addr, token string, stop <-chan struct{}) (string, time.Duration
 // anomaly shows in /metrics, and an ordinary client submits, waits
 // (long poll beyond the write timeout included) and fetches meanwhile.
 func TestHostileClients(t *testing.T) {
+	for _, driver := range []string{"sqlite", "postgres"} {
+		t.Run(driver, func(t *testing.T) { hostileClients(t, driver) })
+	}
+}
+
+func hostileClients(t *testing.T, driver string) {
 	bin := signetBinary(t)
 	dir := t.TempDir()
 	cfg, tokens, vkey, _ := testConfig(t, dir)
+	if driver == "postgres" {
+		cfg.Store = StoreConfig{Driver: "postgres", DSN: pgtest.Start(t).NewDatabase(t)}
+	}
 	port := pgtest.FreePort(t)
 	cfg.Listen = fmt.Sprintf("127.0.0.1:%d", port)
 	cfg.Limits.Rate, cfg.Limits.Burst = 1000, 1000
