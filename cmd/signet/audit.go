@@ -129,7 +129,7 @@ follows a submit entry of its request by the same client.
 With the service's configuration (--config) or its key list (--server,
 GET /v1/keys), items of keys that need approvals must also follow that many
 approve entries of their request by distinct clients other than the
-submitter.
+submitter (with --config, only clients whose approve list has the key).
 
 Entries past the checkpoint are checked the same way but nothing signs
 them: they are reported as unauthenticated, and --strict fails on them.
@@ -169,6 +169,13 @@ Entry types this version does not know are counted, not refused.`,
 				opt.Approvals = map[string]int{}
 				for _, k := range cfg.Keys {
 					opt.Approvals[k.Name] = k.Approvals
+				}
+				opt.Approvers = map[string]map[string]bool{}
+				for _, cl := range cfg.Clients {
+					opt.Approvers[cl.Name] = map[string]bool{}
+					for _, k := range cl.Approve {
+						opt.Approvers[cl.Name][k] = true
+					}
 				}
 				policy = "approvals checked against " + cfgPath
 			case sf.url != "":

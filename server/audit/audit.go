@@ -306,6 +306,9 @@ type VerifyOptions struct {
 	// before their sign entry (as the service's configuration or its
 	// /v1/keys say). A key not listed needs none.
 	Approvals map[string]int
+	// Approvers, when set, is per client the keys it may approve (the
+	// configuration's approve lists): only those approvals count.
+	Approvers map[string]map[string]bool
 }
 
 // VerifyLog reads an exported log (one entry per line, of any length) and
@@ -393,7 +396,7 @@ func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
 			if need := opt.Approvals[e.Key]; need > 0 {
 				got := 0
 				for a := range approvers[e.Request] {
-					if a != e.Client {
+					if a != e.Client && (opt.Approvers == nil || opt.Approvers[a][e.Key]) {
 						got++
 					}
 				}

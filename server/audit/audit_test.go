@@ -263,8 +263,12 @@ func TestVerifySemantics(t *testing.T) {
 		"self approval":     {[]*Entry{sub, appr("ci"), appr("bob"), sign("ci", "db")}, gated, ErrUnapproved},
 		"approved too late": {[]*Entry{sub, appr("alice"), sign("ci", "db"), appr("bob")}, gated, ErrUnapproved},
 		"double signed":     {[]*Entry{sub, sign("ci", "db"), sign("ci", "db")}, VerifyOptions{}, ErrDoubleSigned},
-		"ungated key":       {[]*Entry{sub, sign("ci", "uki")}, gated, nil},
-		"unknown type":      {[]*Entry{sub, {Time: tm, Type: "cancel", Client: "ci", Request: "r1"}, sign("ci", "db")}, VerifyOptions{}, nil},
+		"approver of another key": {[]*Entry{sub, appr("alice"), appr("bob"), sign("ci", "db")},
+			VerifyOptions{Approvals: gated.Approvals, Approvers: map[string]map[string]bool{"alice": {"db": true}, "bob": {"uki": true}}}, ErrUnapproved},
+		"approvers of the key": {[]*Entry{sub, appr("alice"), appr("bob"), sign("ci", "db")},
+			VerifyOptions{Approvals: gated.Approvals, Approvers: map[string]map[string]bool{"alice": {"db": true}, "bob": {"db": true}}}, nil},
+		"ungated key":  {[]*Entry{sub, sign("ci", "uki")}, gated, nil},
+		"unknown type": {[]*Entry{sub, {Time: tm, Type: "cancel", Client: "ci", Request: "r1"}, sign("ci", "db")}, VerifyOptions{}, nil},
 	} {
 		for _, e := range c.entries {
 			e.Index = 0
