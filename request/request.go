@@ -48,10 +48,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"strings"
 	"unicode/utf8"
+
+	"signet.dev/internal/strictjson"
 )
 
 // Format strings of the two documents.
@@ -262,13 +263,10 @@ func ParseResponse(data []byte) (*Response, error) {
 }
 
 func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// Duplicate keys and keys matching a field only by case are refused:
+	// jq or Python must read the same document signet signs.
+	if err := strictjson.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("%w: data after the document", ErrInvalid)
 	}
 	return nil
 }

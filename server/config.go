@@ -67,6 +67,17 @@ type LimitsConfig struct {
 	MaxItems        int     `toml:"max_items"`         // default 4096
 	Rate            float64 `toml:"rate"`              // API calls per second per client (default 50)
 	Burst           int     `toml:"burst"`             // default 2×rate
+	// MaxConcurrent bounds one client's concurrent submissions, fetches
+	// and audit log reads (default 16); more are answered 429.
+	MaxConcurrent int `toml:"max_concurrent"`
+	// ReadTimeout bounds reading a call's headers and body ("60s"): a
+	// client trickling its body is cut off then.
+	ReadTimeout Duration `toml:"read_timeout"`
+	// WriteTimeout bounds writing an answer ("60s"; a long-polling fetch
+	// gets its wait on top): a client that does not read is cut off then.
+	WriteTimeout Duration `toml:"write_timeout"`
+	// IdleTimeout closes kept-alive connections idle this long ("120s").
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // KeyConfig is a signing key the service holds.
@@ -93,9 +104,12 @@ type ClientConfig struct {
 	TokenSHA256       []string `toml:"token_sha256"`
 	CertificateSHA256 []string `toml:"certificate_sha256"`
 	CertificateCN     []string `toml:"certificate_cn"`
-	Keys              []string `toml:"keys"`    // keys it may have sign
-	Kinds             []string `toml:"kinds"`   // kinds it may submit (empty: any kind its keys allow)
-	Approve           []string `toml:"approve"` // keys whose requests it may approve
+	// CertificateSAN matches a subject alternative name of a certificate
+	// issued by [tls] client_ca: "dns:NAME", "uri:URI" or "email:ADDRESS".
+	CertificateSAN []string `toml:"certificate_san"`
+	Keys           []string `toml:"keys"`    // keys it may have sign
+	Kinds          []string `toml:"kinds"`   // kinds it may submit (empty: any kind its keys allow)
+	Approve        []string `toml:"approve"` // keys whose requests it may approve
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -142,6 +156,9 @@ func ParseConfig(data []byte, dir string) (*Config, error) {
 	}
 	if un := md.Undecoded(); len(un) > 0 {
 		return nil, fmt.Errorf("unknown setting %q", un[0].String())
+	}
+	if err := exactKeys(md); err != nil {
+		return nil, err
 	}
 	c.resolve(dir)
 	if err := c.Check(); err != nil {
@@ -228,6 +245,14 @@ func (c *Config) Check() error {
 	if l.Burst <= 0 {
 		l.Burst = int(2*l.Rate) + 1
 	}
+	if l.MaxConcurrent <= 0 {
+		l.MaxConcurrent = 16
+	}
+	for p, def := range map[*Duration]time.Duration{&l.ReadTimeout: 60 * time.Second, &l.WriteTimeout: 60 * time.Second, &l.IdleTimeout: 120 * time.Second} {
+		if p.Duration == 0 {
+			p.Duration = def
+		}
+	}
 	keyset := map[string]*KeyConfig{}
 	for i := range c.Keys {
 		k := &c.Keys[i]
@@ -266,6 +291,7 @@ func (c *Config) Check() error {
 	}
 	names := map[string]bool{}
 	tokens := map[string]bool{}
+	certNames := map[string]string{} // normalised CN/SAN → client
 	for i := range c.Clients {
 		cl := &c.Clients[i]
 		if err := validName(cl.Name); err != nil {
@@ -275,8 +301,11 @@ func (c *Config) Check() error {
 			return fmt.Errorf("client %q: defined twice", cl.Name)
 		}
 		names[cl.Name] = true
-		if len(cl.TokenSHA256)+len(cl.CertificateSHA256)+len(cl.CertificateCN) == 0 {
-			return fmt.Errorf("client %q: no credential (token_sha256, certificate_sha256 or certificate_cn)", cl.Name)
+		if len(cl.TokenSHA256)+len(cl.CertificateSHA256)+len(cl.CertificateCN)+len(cl.CertificateSAN) == 0 {
+			return fmt.Errorf("client %q: no credential (token_sha256, certificate_sha256, certificate_cn or certificate_san)", cl.Name)
+		}
+		if err := checkCertNames(cl, certNames); err != nil {
+			return err
 		}
 		for _, h := range append(slices.Clone(cl.TokenSHA256), cl.CertificateSHA256...) {
 			if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
@@ -289,8 +318,8 @@ func (c *Config) Check() error {
 			}
 			tokens[strings.ToLower(h)] = true
 		}
-		if len(cl.CertificateCN) > 0 && (c.TLS == nil || c.TLS.ClientCA == "") {
-			return fmt.Errorf("client %q: certificate_cn needs [tls] client_ca", cl.Name)
+		if len(cl.CertificateCN)+len(cl.CertificateSAN) > 0 && (c.TLS == nil || c.TLS.ClientCA == "") {
+			return fmt.Errorf("client %q: certificate_cn and certificate_san need [tls] client_ca", cl.Name)
 		}
 		for _, k := range append(slices.Clone(cl.Keys), cl.Approve...) {
 			if keyset[k] == nil {
@@ -304,6 +333,54 @@ func (c *Config) Check() error {
 		}
 	}
 	return nil
+}
+
+// checkCertNames checks a client's certificate names and that no other
+// client has claimed one: a certificate must name one identity.
+func checkCertNames(cl *ClientConfig, seen map[string]string) error {
+	var all []string
+	for _, cn := range cl.CertificateCN {
+		if cn == "" {
+			return fmt.Errorf("client %q: empty certificate_cn", cl.Name)
+		}
+		all = append(all, "cn:"+cn)
+	}
+	for _, san := range cl.CertificateSAN {
+		n, err := NormalizeSAN(san)
+		if err != nil {
+			return fmt.Errorf("client %q: certificate_san %q: %w", cl.Name, san, err)
+		}
+		all = append(all, n)
+	}
+	for _, n := range all {
+		if other, dup := seen[n]; dup {
+			return fmt.Errorf("client %q: certificate name %s is also client %q's", cl.Name, n, other)
+		}
+		seen[n] = cl.Name
+	}
+	return nil
+}
+
+// NormalizeSAN checks a certificate_san value ("dns:NAME", "uri:URI",
+// "email:ADDRESS") and returns it as matched: the prefix and a DNS name
+// in lowercase (DNS names are case-insensitive; URIs and addresses are
+// compared exactly).
+func NormalizeSAN(v string) (string, error) {
+	typ, val, ok := strings.Cut(v, ":")
+	typ = strings.ToLower(typ)
+	if !ok || val == "" || strings.TrimSpace(val) != val {
+		return "", errors.New(`want "dns:NAME", "uri:URI" or "email:ADDRESS"`)
+	}
+	switch typ {
+	case "dns":
+		if strings.Contains(val, "*") {
+			return "", errors.New("wildcard DNS names are not client identities")
+		}
+		return "dns:" + strings.ToLower(val), nil
+	case "uri", "email":
+		return typ + ":" + val, nil
+	}
+	return "", fmt.Errorf("type %q: want dns, uri or email", typ)
 }
 
 func validName(n string) error {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -74,24 +76,56 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// expensive routes hold memory or a store cursor while they run: each
+// client may run limits.max_concurrent of them at once.
+var expensive = map[string]bool{
+	"POST /v1/requests":              true,
+	"GET /v1/requests/{id}/response": true,
+	"GET /v1/requests/{id}/document": true,
+	"GET /v1/audit/entries":          true,
+}
+
 // authenticated resolves the caller's identity (client certificate, then
-// bearer token), applies the rate limit, logs and counts the call.
+// bearer token), applies the rate limit and the concurrency bound, logs
+// and counts the call.
 func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.Request, *identity)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if route == "GET /v1/requests/{id}/response" && r.URL.Query().Has("wait") {
+			// A long poll may wait maxWait before it writes: extend this
+			// call's deadlines by that (the server's apply to the rest).
+			rc := http.NewResponseController(w)
+			rc.SetWriteDeadline(start.Add(maxWait + s.cfg.Limits.WriteTimeout.Duration))
+			rc.SetReadDeadline(start.Add(maxWait + s.cfg.Limits.ReadTimeout.Duration))
+		}
 		sw := &statusWriter{ResponseWriter: w, code: 200}
-		id := s.identify(r)
+		id, why := s.identify(r)
 		name := ""
 		switch {
 		case id == nil:
+			msg := "unknown client: present a known client certificate or bearer token"
+			if why != "" {
+				msg = "client refused: " + why
+				s.log.Warn("client refused", "remote", r.RemoteAddr, "why", why)
+			}
 			sw.Header().Set("WWW-Authenticate", `Bearer realm="signet"`)
-			writeError(sw, http.StatusUnauthorized, "unknown client: present a known client certificate or bearer token", nil)
+			writeError(sw, http.StatusUnauthorized, msg, nil)
 		case !s.limits.allow(id.name, start):
 			name = id.name
+			s.metrics.rateLimited.Inc()
 			sw.Header().Set("Retry-After", "1")
 			writeError(sw, http.StatusTooManyRequests, "rate limit exceeded for client "+id.name, nil)
+		case expensive[route] && !s.gate.enter(id.name):
+			name = id.name
+			s.metrics.busy.WithLabelValues(route).Inc()
+			s.log.Warn("concurrency limit", "client", id.name, "route", route, "limit", s.cfg.Limits.MaxConcurrent)
+			sw.Header().Set("Retry-After", "1")
+			writeError(sw, http.StatusTooManyRequests, fmt.Sprintf("client %s has %d calls in progress, the limit", id.name, s.cfg.Limits.MaxConcurrent), nil)
 		default:
 			name = id.name
+			if expensive[route] {
+				defer s.gate.leave(id.name)
+			}
 			h(sw, r, id)
 		}
 		s.metrics.http.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
@@ -99,29 +133,89 @@ func (s *Server) authenticated(route string, h func(http.ResponseWriter, *http.R
 	})
 }
 
-func (s *Server) identify(r *http.Request) *identity {
+// oidCN is the X.520 commonName attribute.
+var oidCN = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// identify returns the caller's identity, or nil and why not (for the
+// answer and the log). A client certificate names at most one identity:
+// a pinned fingerprint (within the certificate's validity), else the
+// configured common names and subject alternative names it carries, which
+// count only for a certificate chaining to client_ca, with exactly one CN
+// if a CN is used, and all naming the same client.
+func (s *Server) identify(r *http.Request) (*identity, string) {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		c := r.TLS.PeerCertificates[0]
 		fp := sha256.Sum256(c.Raw)
 		if id := s.certFP[hex.EncodeToString(fp[:])]; id != nil {
-			return id
-		}
-		// A common name counts only for a certificate that chains to the
-		// configured client CA.
-		if id := s.certCN[c.Subject.CommonName]; id != nil && s.caPool != nil {
-			inter := x509.NewCertPool()
-			for _, ic := range r.TLS.PeerCertificates[1:] {
-				inter.AddCert(ic)
+			if now := time.Now(); now.Before(c.NotBefore) || now.After(c.NotAfter) {
+				return nil, s.authRefused("pinned_outside_validity", fmt.Sprintf("pinned client certificate of %s is valid from %s to %s only", id.name, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339)))
 			}
-			if _, err := c.Verify(x509.VerifyOptions{Roots: s.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
-				return id
+			return id, ""
+		}
+		if s.caPool != nil && len(s.certCN)+len(s.certSAN) > 0 {
+			var ids []*identity
+			add := func(id *identity) {
+				if id != nil && !slices.Contains(ids, id) {
+					ids = append(ids, id)
+				}
+			}
+			var cns []*identity
+			n := 0
+			for _, a := range c.Subject.Names {
+				if a.Type.Equal(oidCN) {
+					n++
+					if v, ok := a.Value.(string); ok && s.certCN[v] != nil {
+						cns = append(cns, s.certCN[v])
+					}
+				}
+			}
+			if n > 1 && len(cns) > 0 {
+				// Readers disagree on which CN counts (Go takes the last).
+				return nil, s.authRefused("multiple_cn", fmt.Sprintf("client certificate subject has %d common names: one identity, one CN", n))
+			}
+			for _, id := range cns {
+				add(id)
+			}
+			for _, d := range c.DNSNames {
+				add(s.certSAN["dns:"+strings.ToLower(d)])
+			}
+			for _, u := range c.URIs {
+				add(s.certSAN["uri:"+u.String()])
+			}
+			for _, e := range c.EmailAddresses {
+				add(s.certSAN["email:"+e])
+			}
+			switch {
+			case len(ids) > 1:
+				var names []string
+				for _, id := range ids {
+					names = append(names, id.name)
+				}
+				return nil, s.authRefused("ambiguous", "client certificate names several clients: "+strings.Join(names, ", "))
+			case len(ids) == 1:
+				inter := x509.NewCertPool()
+				for _, ic := range r.TLS.PeerCertificates[1:] {
+					inter.AddCert(ic)
+				}
+				if _, err := c.Verify(x509.VerifyOptions{Roots: s.caPool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+					return nil, s.authRefused("chain", "client certificate: "+err.Error())
+				}
+				return ids[0], ""
 			}
 		}
 	}
 	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
-		return s.tokens[tokenHash(strings.TrimSpace(tok))]
+		if id := s.tokens[tokenHash(strings.TrimSpace(tok))]; id != nil {
+			return id, ""
+		}
 	}
-	return nil
+	return nil, s.authRefused("unknown", "")
+}
+
+// authRefused counts a refused identity by reason and returns the detail.
+func (s *Server) authRefused(reason, detail string) string {
+	s.metrics.authRefused.WithLabelValues(reason).Inc()
+	return detail
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -159,11 +253,13 @@ func writeError(w http.ResponseWriter, code int, msg string, items []api.ItemErr
 
 // refuse answers a policy or check refusal and records it in the audit log.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, code int, reqID, msg string, items []api.ItemError) {
-	reason := msg
+	// Linear in the items (the entry keeps a bounded prefix and digest).
+	var reason strings.Builder
+	reason.WriteString(msg)
 	for _, it := range items {
-		reason += "; " + it.ID + ": " + it.Reason
+		reason.WriteString("; " + it.ID + ": " + it.Reason)
 	}
-	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeRefuse, Client: id.name, Request: reqID, Status: code, Reason: reason}
+	e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeRefuse, Client: id.name, Request: reqID, Status: code, Reason: reason.String()}
 	// Record the refusal even if the client hangs up meanwhile.
 	if err := s.store.Audit(context.WithoutCancel(r.Context()), e); err != nil {
 		s.log.Error("auditing a refusal", "err", err)
@@ -174,20 +270,24 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, id *identity, co
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
-	var buf bytes.Buffer
-	if n := r.ContentLength; n > 0 && n <= s.cfg.Limits.MaxRequestBytes {
-		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	limit := s.cfg.Limits.MaxRequestBytes
+	if r.ContentLength > limit {
+		s.tooLarge(w, id, r.ContentLength)
+		return
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxRequestBytes))
-	body := buf.Bytes()
+	body, err := readBody(r.Body, limit)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.metrics.submissions.WithLabelValues("invalid").Inc()
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.Limits.MaxRequestBytes), nil)
-			return
+		var ne net.Error
+		switch {
+		case errors.Is(err, errTooLarge):
+			s.tooLarge(w, id, -1)
+		case errors.As(err, &ne) && ne.Timeout():
+			s.metrics.slowClients.WithLabelValues("read").Inc()
+			s.log.Warn("slow client cut off", "client", id.name, "read", len(body), "declared", r.ContentLength, "timeout", s.cfg.Limits.ReadTimeout.String())
+			writeError(w, http.StatusRequestTimeout, "reading request body: timed out", nil)
+		default:
+			writeError(w, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 		}
-		writeError(w, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 		return
 	}
 	req, err := request.Parse(body)
@@ -281,6 +381,46 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 	w.Header().Set("Location", "/v1/requests/"+reqID)
 	writeJSON(w, code, s.statusOf(stored))
+}
+
+// errTooLarge: a body past limits.max_request_bytes.
+var errTooLarge = errors.New("request body too large")
+
+// readBody reads r whole, growing its buffer only as bytes arrive (a
+// declared Content-Length allocates nothing) and never past limit bytes.
+// On an error it returns what was read.
+func readBody(r io.Reader, limit int64) ([]byte, error) {
+	buf := make([]byte, 0, min(limit+1, 32<<10))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return buf, errTooLarge
+			}
+			buf = slices.Grow(buf, int(min(int64(cap(buf)), limit+1-int64(cap(buf)))))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return buf, errTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// tooLarge refuses a body over the limit (declared: its Content-Length,
+// or -1 when it grew past the limit while read).
+func (s *Server) tooLarge(w http.ResponseWriter, id *identity, declared int64) {
+	s.metrics.submissions.WithLabelValues("invalid").Inc()
+	s.metrics.bodyTooLarge.Inc()
+	s.log.Warn("request body over the limit", "client", id.name, "declared", declared, "limit", s.cfg.Limits.MaxRequestBytes)
+	// The rest of the body is not read: close the connection after the answer.
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.Limits.MaxRequestBytes), nil)
 }
 
 func (s *Server) statusOf(r *store.Request) *api.Status {
@@ -717,14 +857,31 @@ func (s *Server) entries(w http.ResponseWriter, r *http.Request, id *identity) {
 		return
 	}
 	end = min(end, start+maxEntriesPerCall)
-	ents, err := s.store.Entries(r.Context(), start, end)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
-		return
-	}
+	// Streamed from the store as read: memory stays one entry and the
+	// socket buffers, whatever the range; a client that stops reading is
+	// cut off by the write timeout, which ends the store cursor too.
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	for _, e := range ents {
-		w.Write(e)
-		w.Write([]byte{'\n'})
+	wrote := false
+	var werr error
+	err := s.store.EachEntry(r.Context(), start, end, func(_ int64, e []byte) error {
+		wrote = true
+		if _, werr = w.Write(append(e, '\n')); werr != nil {
+			return werr
+		}
+		return nil
+	})
+	switch {
+	case werr != nil:
+		var ne net.Error
+		if errors.As(werr, &ne) && ne.Timeout() {
+			s.metrics.slowClients.WithLabelValues("write").Inc()
+			s.log.Warn("slow client cut off", "client", id.name, "route", "GET /v1/audit/entries", "timeout", s.cfg.Limits.WriteTimeout.String())
+		}
+	case err != nil && !wrote:
+		writeError(w, http.StatusServiceUnavailable, "audit log unavailable", nil)
+	case err != nil:
+		// Too late for a status; every line written is whole, and a
+		// client asks again from the first entry it did not get.
+		s.log.Error("streaming audit entries", "err", err)
 	}
 }

@@ -39,3 +39,33 @@ func (l *limiter) allow(who string, now time.Time) bool {
 	b.tokens--
 	return true
 }
+
+// gate bounds each client's concurrent expensive calls (submissions, which
+// hold a body in memory; fetches and audit reads, which hold answers).
+type gate struct {
+	mu   sync.Mutex
+	max  int
+	busy map[string]int
+}
+
+func newGate(max int) *gate { return &gate{max: max, busy: map[string]int{}} }
+
+// enter takes one of who's slots, reporting whether one was free; the
+// caller calls leave when done.
+func (g *gate) enter(who string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.busy[who] >= g.max {
+		return false
+	}
+	g.busy[who]++
+	return true
+}
+
+func (g *gate) leave(who string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.busy[who]--; g.busy[who] <= 0 {
+		delete(g.busy, who)
+	}
+}

@@ -19,6 +19,12 @@ type metrics struct {
 	// recheckRefused counts items refused right before signing (an
 	// edited row, a revoked client, an approval that no longer counts).
 	recheckRefused prometheus.Counter
+	// Anomalies: what hostile or broken clients cause.
+	bodyTooLarge prometheus.Counter
+	slowClients  *prometheus.CounterVec
+	busy         *prometheus.CounterVec
+	rateLimited  prometheus.Counter
+	authRefused  *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -48,6 +54,21 @@ func newMetrics(s *Server) *metrics {
 			Name: "signet_items_refused_at_signing_total", Help: "Items refused right before signing because they no longer passed their checks.",
 		}),
 	}
+	m.bodyTooLarge = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signet_request_body_too_large_total", Help: "Submissions refused because their body exceeded limits.max_request_bytes.",
+	})
+	m.slowClients = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_slow_clients_total", Help: "Calls cut off by a timeout: reading the body (read) or writing the answer (write).",
+	}, []string{"phase"})
+	m.busy = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_concurrency_refusals_total", Help: "Calls answered 429 because the client already had limits.max_concurrent calls in progress, by route.",
+	}, []string{"route"})
+	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "signet_rate_limited_total", Help: "Calls answered 429 by the per-client rate limit.",
+	})
+	m.authRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "signet_auth_refusals_total", Help: "Calls answered 401, by reason (unknown, multiple_cn, ambiguous, chain, pinned_outside_validity).",
+	}, []string{"reason"})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "signet_items_pending", Help: "Items queued for signing (all replicas).",
 	}, func() float64 {
@@ -59,6 +80,7 @@ func newMetrics(s *Server) *metrics {
 		}
 		return float64(n)
 	})
+	m.reg.MustRegister(m.bodyTooLarge, m.slowClients, m.busy, m.rateLimited, m.authRefused)
 	m.reg.MustRegister(m.http, m.submissions, m.signed, m.signErrors, m.signSeconds, m.commitSeconds, m.recheckRefused, pending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -58,11 +58,13 @@ type Server struct {
 	tokens  map[string]*identity // by hex SHA-256 of the token
 	certFP  map[string]*identity // by hex SHA-256 of the certificate DER
 	certCN  map[string]*identity
-	caPool  *x509.CertPool // issuers of certificate_cn clients
+	certSAN map[string]*identity // by NormalizeSAN form
+	caPool  *x509.CertPool       // issuers of certificate_cn clients
 	note    note.Signer
 	noteV   string // verifier key, published at /v1/audit/key
 	owner   string // lease owner id of this process
 	limits  *limiter
+	gate    *gate // concurrent expensive calls per client
 	metrics *metrics
 	lockf   *os.File // sqlite: held flock
 
@@ -103,7 +105,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 	s := &Server{
 		cfg: cfg, log: log,
 		keys: map[string]*key{}, byName: map[string]*identity{},
-		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{},
+		tokens: map[string]*identity{}, certFP: map[string]*identity{}, certCN: map[string]*identity{}, certSAN: map[string]*identity{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), draining: make(chan struct{}), signedCh: map[string]*waiters{},
 	}
 	defer func() {
@@ -153,6 +155,18 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		for _, cn := range cc.CertificateCN {
 			s.certCN[cn] = id
 		}
+		for _, san := range cc.CertificateSAN {
+			n, err := NormalizeSAN(san)
+			if err != nil {
+				return nil, fmt.Errorf("client %q: certificate_san %q: %w", cc.Name, san, err)
+			}
+			s.certSAN[n] = id
+		}
+	}
+	if len(s.certFP) > 0 {
+		// The pinning contract: a pin names one certificate, and that
+		// certificate still counts only within its validity period.
+		log.Info("pinned client certificates (certificate_sha256) are refused before their notBefore and after their notAfter", "pins", len(s.certFP))
 	}
 
 	if cfg.Store.Driver == "sqlite" {
@@ -178,6 +192,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger) (_ *Server, err err
 		}
 	}
 	s.limits = newLimiter(cfg.Limits.Rate, cfg.Limits.Burst)
+	s.gate = newGate(cfg.Limits.MaxConcurrent)
 	s.metrics = newMetrics(s)
 	return s, nil
 }
@@ -303,10 +318,17 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if tlsc != nil {
 		l = tls.NewListener(l, tlsc)
 	}
+	// Every phase of a connection is bounded, so slow or stalled clients
+	// release what they hold: a long-polling fetch extends its own write
+	// deadline by its wait (see longPoll).
+	lim := s.cfg.Limits
 	hs := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
+		ReadHeaderTimeout: min(10*time.Second, lim.ReadTimeout.Duration),
+		ReadTimeout:       lim.ReadTimeout.Duration,
+		WriteTimeout:      lim.WriteTimeout.Duration,
+		IdleTimeout:       lim.IdleTimeout.Duration,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.Start()

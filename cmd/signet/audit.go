@@ -12,6 +12,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"signet.dev/internal/atomicfile"
+	"signet.dev/server"
 	"signet.dev/server/audit"
 )
 
@@ -90,7 +91,8 @@ func newAuditExportCmd() *cobra.Command {
 				return err
 			}
 			defer f.Close()
-			if err := c.AuditLog(context.Background(), f, head.Size); err != nil {
+			// The whole export, entries included, is bounded by --timeout.
+			if err := c.AuditLog(ctx, f, head.Size); err != nil {
 				return err
 			}
 			if err := f.Commit(); err != nil {
@@ -113,17 +115,32 @@ func (unverified) Verifier(name string, hash uint32) (note.Verifier, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logPath, cpPath, vkey string
+	var logPath, cpPath, vkey, cfgPath string
+	var strict bool
+	var sf serverFlags
 	cmd := &cobra.Command{
-		Use:   "verify --log=FILE --checkpoint=FILE --key=VERIFIER",
+		Use:   "verify --log=FILE --checkpoint=FILE --key=VERIFIER [--config=FILE | --server=URL] [--strict]",
 		Short: "Check an audit log against a signed checkpoint",
 		Long: `Check that the checkpoint is signed by the verifier key, that the log's
 entries hash to its tree (so none was edited, dropped, inserted or
-reordered), and that no item was signed twice.`,
+reordered), that no item was signed twice, and that every sign entry
+follows a submit entry of its request by the same client.
+
+With the service's configuration (--config) or its key list (--server,
+GET /v1/keys), items of keys that need approvals must also follow that many
+approve entries of their request by distinct clients other than the
+submitter (with --config, only clients whose approve list has the key).
+
+Entries past the checkpoint are checked the same way but nothing signs
+them: they are reported as unauthenticated, and --strict fails on them.
+Entry types this version does not know are counted, not refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if logPath == "" || cpPath == "" || vkey == "" {
 				return errors.New("verify needs --log=, --checkpoint= and --key=")
+			}
+			if cfgPath != "" && sf.url != "" {
+				return errors.New("--config and --server both give key approvals: use one")
 			}
 			vk, err := auditKeyArg(vkey)
 			if err != nil {
@@ -141,24 +158,74 @@ reordered), and that no item was signed twice.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", cpPath, err)
 			}
+			var opt audit.VerifyOptions
+			policy := "no key policy given: approvals not checked"
+			switch {
+			case cfgPath != "":
+				cfg, err := server.LoadConfig(cfgPath)
+				if err != nil {
+					return err
+				}
+				opt.Approvals = map[string]int{}
+				for _, k := range cfg.Keys {
+					opt.Approvals[k.Name] = k.Approvals
+				}
+				opt.Approvers = map[string]map[string]bool{}
+				for _, cl := range cfg.Clients {
+					opt.Approvers[cl.Name] = map[string]bool{}
+					for _, k := range cl.Approve {
+						opt.Approvers[cl.Name][k] = true
+					}
+				}
+				policy = "approvals checked against " + cfgPath
+			case sf.url != "":
+				c, err := sf.client()
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), sf.timeout)
+				defer cancel()
+				ks, err := c.Keys(ctx)
+				if err != nil {
+					return err
+				}
+				opt.Approvals = map[string]int{}
+				for _, k := range ks {
+					opt.Approvals[k.Name] = k.Approvals
+				}
+				policy = "approvals checked against the keys of " + sf.url
+			}
 			f, err := os.Open(logPath)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			rep, err := audit.VerifyLog(f, cp)
+			rep, err := audit.VerifyLog(f, cp, opt)
 			if err != nil {
 				return fmt.Errorf("%s: %w", logPath, err)
 			}
 			var b bytes.Buffer
-			fmt.Fprintf(&b, "audit log OK: %d entries (checkpoint %d): %d submit, %d sign, %d approve, %d refuse; %d items signed once each\n",
-				rep.Entries, cp.Size, rep.Types[audit.TypeSubmit], rep.Types[audit.TypeSign], rep.Types[audit.TypeApprove], rep.Types[audit.TypeRefuse], rep.Signed)
+			fmt.Fprintf(&b, "audit log OK: %d entries signed by the checkpoint: %d submit, %d sign, %d approve, %d refuse",
+				cp.Size, rep.Types[audit.TypeSubmit], rep.Types[audit.TypeSign], rep.Types[audit.TypeApprove], rep.Types[audit.TypeRefuse])
+			for _, t := range rep.Unknown() {
+				fmt.Fprintf(&b, ", %d %s", rep.Types[t], t)
+			}
+			fmt.Fprintf(&b, "; %d items signed once each; %s\n", rep.Signed, policy)
+			if rep.Unauthenticated > 0 {
+				fmt.Fprintf(&b, "UNAUTHENTICATED: %d entries past the checkpoint (index %d on): no signature covers them\n", rep.Unauthenticated, cp.Size)
+			}
 			cmd.OutOrStdout().Write(b.Bytes())
+			if strict && rep.Unauthenticated > 0 {
+				return fmt.Errorf("%s: %d entries past the checkpoint of %d are unauthenticated (--strict)", logPath, rep.Unauthenticated, cp.Size)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&logPath, "log", "", "exported log (one entry per line)")
 	cmd.Flags().StringVar(&cpPath, "checkpoint", "", "signed checkpoint")
 	cmd.Flags().StringVar(&vkey, "key", "", "note verifier key (or a file holding it)")
+	cmd.Flags().StringVar(&cfgPath, "config", "", "the service's configuration: key approval counts")
+	cmd.Flags().BoolVar(&strict, "strict", false, "fail if the log has entries past the checkpoint")
+	sf.register(cmd.Flags())
 	return cmd
 }

@@ -22,18 +22,23 @@ package audit
 
 import (
 	"bufio"
-	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"signet.dev/internal/strictjson"
 )
 
 // Entry types.
@@ -64,10 +69,34 @@ type Entry struct {
 	Reason  string    `json:"reason,omitempty"`     // refuse: why
 }
 
-// Marshal encodes e as one line of JSON without the newline: the bytes the
-// log hashes.
+// MaxString bounds every string of an entry as stored: a longer one keeps
+// its first MaxString bytes and names its length and digest (Bound), so no
+// input can make an entry large.
+const MaxString = 1024
+
+// Bound returns s if it is at most MaxString bytes, else its first
+// MaxString bytes (cut at a character boundary) followed by
+// " …[truncated, N bytes, sha256:HEX]" naming the whole string.
+func Bound(s string) string {
+	if len(s) <= MaxString {
+		return s
+	}
+	cut := MaxString
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	sum := sha256.Sum256([]byte(s))
+	return fmt.Sprintf("%s …[truncated, %d bytes, sha256:%s]", s[:cut], len(s), hex.EncodeToString(sum[:]))
+}
+
+// Marshal encodes e, its strings bounded (Bound), as one line of JSON
+// without the newline: the bytes the log hashes.
 func (e *Entry) Marshal() []byte {
-	b, err := json.Marshal(e)
+	c := *e
+	for _, p := range []*string{&c.Type, &c.Client, &c.Request, &c.Item, &c.Key, &c.Kind, &c.TBS, &c.Sig, &c.Reason} {
+		*p = Bound(*p)
+	}
+	b, err := json.Marshal(&c)
 	if err != nil {
 		// Entry holds only strings, ints and a time: cannot fail.
 		panic(err)
@@ -75,23 +104,39 @@ func (e *Entry) Marshal() []byte {
 	return b
 }
 
-// ParseEntry decodes one log line strictly (unknown fields are an error).
+// ParseEntry decodes one log line strictly (unknown fields, duplicate keys
+// and keys differing from the schema by case are errors). An entry of a
+// type this version does not know parses: a newer service may write it.
 func ParseEntry(line []byte) (*Entry, error) {
-	d := json.NewDecoder(bytes.NewReader(line))
-	d.DisallowUnknownFields()
 	var e Entry
-	if err := d.Decode(&e); err != nil {
+	if err := strictjson.Unmarshal(line, &e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEntry, err)
 	}
-	if d.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrBadEntry)
-	}
-	switch e.Type {
-	case TypeSubmit, TypeRefuse, TypeApprove, TypeSign, TypeReject, TypeCancel:
-	default:
-		return nil, fmt.Errorf("%w: unknown type %q", ErrBadEntry, e.Type)
+	if !validType(e.Type) {
+		return nil, fmt.Errorf("%w: type %q: want a lowercase word", ErrBadEntry, e.Type)
 	}
 	return &e, nil
+}
+
+// Known reports whether t is an entry type this version knows.
+func Known(t string) bool {
+	switch t {
+	case TypeSubmit, TypeRefuse, TypeApprove, TypeSign, TypeReject, TypeCancel:
+		return true
+	}
+	return false
+}
+
+func validType(t string) bool {
+	if t == "" || len(t) > 32 {
+		return false
+	}
+	for _, c := range []byte(t) {
+		if (c < 'a' || c > 'z') && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // Errors a caller may check.
@@ -101,6 +146,8 @@ var (
 	ErrMismatch      = errors.New("audit: log does not match the checkpoint (an entry was edited, dropped, inserted or reordered)")
 	ErrShortLog      = errors.New("audit: log is shorter than the checkpoint")
 	ErrDoubleSigned  = errors.New("audit: an item was signed more than once")
+	ErrUnsubmitted   = errors.New("audit: a sign entry follows no submit entry of its request by its client")
+	ErrUnapproved    = errors.New("audit: an item of an approval-gated key was signed before its approvals")
 )
 
 // Checkpoint is a tree head: the log's origin name, its size and root hash.
@@ -193,7 +240,7 @@ func (p *Proof) UnmarshalJSON(b []byte) error {
 		Entry string   `json:"entry"`
 		Proof []string `json:"proof"`
 	}
-	if err := json.Unmarshal(b, &raw); err != nil {
+	if err := strictjson.Unmarshal(b, &raw); err != nil {
 		return err
 	}
 	var hs []tlog.Hash
@@ -234,23 +281,62 @@ func (p *Proof) Check(c Checkpoint) error {
 
 // Report summarises a verified log.
 type Report struct {
-	Entries int64
-	Types   map[string]int64 // entries by type
+	Entries int64            // entries read
+	Types   map[string]int64 // entries by type (types this version does not know included)
 	Signed  int64            // distinct items signed
+	// Unauthenticated counts the entries past the checkpoint: they were
+	// checked for form and semantics, but no signature covers them.
+	Unauthenticated int64
 }
 
-// VerifyLog reads an exported log (one entry per line) and checks it against
-// the checkpoint c: the first c.Size entries must hash to c.Hash, every
-// line must parse and carry its own index, and no item (request, item id) may
-// be signed twice. Entries beyond c.Size are checked for form only.
-func VerifyLog(r io.Reader, c Checkpoint) (*Report, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+// Unknown returns the entry types in the report this version does not
+// know, sorted.
+func (r *Report) Unknown() []string {
+	var out []string
+	for t := range r.Types {
+		if !Known(t) {
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// VerifyOptions add the service's key policy to VerifyLog's checks.
+type VerifyOptions struct {
+	// Approvals is, per key, the distinct approvals its items need
+	// before their sign entry (as the service's configuration or its
+	// /v1/keys say). A key not listed needs none.
+	Approvals map[string]int
+	// Approvers, when set, is per client the keys it may approve (the
+	// configuration's approve lists): only those approvals count.
+	Approvers map[string]map[string]bool
+}
+
+// VerifyLog reads an exported log (one entry per line, of any length) and
+// checks it against the checkpoint c: the first c.Size entries must hash to
+// c.Hash, every line must parse and carry its own index, no item (request,
+// item id) may be signed twice, every sign entry must follow a submit entry
+// of its request by the client the sign entry names, and an item of a key
+// that needs approvals (o.Approvals) must follow that many approve entries
+// of its request by distinct clients other than the submitter. Entries
+// beyond c.Size get the same checks and are counted as unauthenticated.
+func VerifyLog(r io.Reader, c Checkpoint, o ...VerifyOptions) (*Report, error) {
+	var opt VerifyOptions
+	if len(o) > 0 {
+		opt = o[0]
+	}
+	br := bufio.NewReaderSize(r, 64<<10)
 	var (
-		hashes []tlog.Hash // stored hashes, in memory
-		n      int64
-		rep    = &Report{Types: map[string]int64{}}
-		signed = map[[2]string]int64{}
+		hashes    []tlog.Hash // stored hashes, in memory
+		n         int64
+		rep       = &Report{Types: map[string]int64{}}
+		signed    = map[[2]string]int64{}
+		submitter = map[string]map[string]bool{} // request → clients that submitted it
+		approvers = map[string]map[string]bool{} // request → distinct approvers
+		// semErr is the first semantic error: reported once the tree
+		// hash matched, so an edited log is reported as edited.
+		semErr error
 	)
 	reader := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
@@ -262,8 +348,16 @@ func VerifyLog(r io.Reader, c Checkpoint) (*Report, error) {
 		}
 		return out, nil
 	})
-	for sc.Scan() {
-		line := sc.Bytes()
+	var line []byte
+	for {
+		var err error
+		line, err = readLine(br, line[:0])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
 		e, err := ParseEntry(line)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n+1, err)
@@ -277,19 +371,43 @@ func VerifyLog(r io.Reader, c Checkpoint) (*Report, error) {
 				return nil, err
 			}
 			hashes = append(hashes, hs...)
+		} else {
+			rep.Unauthenticated++
 		}
 		rep.Types[e.Type]++
-		if e.Type == TypeSign {
+		switch e.Type {
+		case TypeSubmit:
+			if submitter[e.Request] == nil {
+				submitter[e.Request] = map[string]bool{}
+			}
+			submitter[e.Request][e.Client] = true
+		case TypeApprove:
+			if approvers[e.Request] == nil {
+				approvers[e.Request] = map[string]bool{}
+			}
+			approvers[e.Request][e.Client] = true
+		case TypeSign:
 			k := [2]string{e.Request, e.Item}
-			if prev, dup := signed[k]; dup {
-				return nil, fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
+			if prev, dup := signed[k]; dup && semErr == nil {
+				semErr = fmt.Errorf("item %q of request %s: entries %d and %d: %w", e.Item, e.Request, prev, e.Index, ErrDoubleSigned)
 			}
 			signed[k] = e.Index
+			if !submitter[e.Request][e.Client] && semErr == nil {
+				semErr = fmt.Errorf("entry %d signs item %q of request %s for client %q, which no earlier entry shows submitted: %w", e.Index, e.Item, e.Request, e.Client, ErrUnsubmitted)
+			}
+			if need := opt.Approvals[e.Key]; need > 0 {
+				got := 0
+				for a := range approvers[e.Request] {
+					if a != e.Client && (opt.Approvers == nil || opt.Approvers[a][e.Key]) {
+						got++
+					}
+				}
+				if got < need && semErr == nil {
+					semErr = fmt.Errorf("entry %d signs item %q of request %s with key %q after %d approvals, the key needs %d: %w", e.Index, e.Item, e.Request, e.Key, got, need, ErrUnapproved)
+				}
+			}
 		}
 		n++
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	if n < c.Size {
 		return nil, fmt.Errorf("%w: %d entries, checkpoint covers %d", ErrShortLog, n, c.Size)
@@ -301,7 +419,29 @@ func VerifyLog(r io.Reader, c Checkpoint) (*Report, error) {
 	if th != c.Hash {
 		return nil, ErrMismatch
 	}
+	if semErr != nil {
+		return nil, semErr
+	}
 	rep.Entries = n
 	rep.Signed = int64(len(signed))
 	return rep, nil
+}
+
+// readLine appends the next line of br (without its newline) to buf,
+// however long it is; io.EOF only when no byte is left.
+func readLine(br *bufio.Reader, buf []byte) ([]byte, error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		buf = append(buf, chunk...)
+		switch {
+		case err == nil:
+			return buf[:len(buf)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err == io.EOF && len(buf) > 0:
+			return buf, nil // a last line without its newline
+		default:
+			return buf, err
+		}
+	}
 }

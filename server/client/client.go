@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"signet.dev/internal/strictjson"
 	"signet.dev/keys"
 	"signet.dev/request"
 	"signet.dev/server/api"
@@ -164,8 +165,10 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	defer resp.Body.Close()
 	const maxAnswer = 1 << 30
 	var buf bytes.Buffer
-	if n := resp.ContentLength; n > 0 && n <= maxAnswer {
-		buf.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	// One allocation for an ordinary answer, not a doubling series; a
+	// larger declared length grows only as its bytes arrive.
+	if n := resp.ContentLength; n > 0 && n <= 64<<20 {
+		buf.Grow(int(n) + bytes.MinRead)
 	}
 	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxAnswer))
 	data := buf.Bytes()
@@ -184,7 +187,8 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	case *[]byte:
 		*o = data
 	default:
-		if err := json.Unmarshal(data, out); err != nil {
+		// Strict: the client reads an answer as any other JSON reader would.
+		if err := strictjson.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 		}
 	}

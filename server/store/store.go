@@ -1032,24 +1032,39 @@ func (s *Store) Prove(ctx context.Context, t int64, ns ...int64) ([]tlog.RecordP
 
 // Entries returns the log entries with indexes in [start, end), in order.
 func (s *Store) Entries(ctx context.Context, start, end int64) ([][]byte, error) {
+	var out [][]byte
+	err := s.EachEntry(ctx, start, end, func(_ int64, b []byte) error {
+		out = append(out, b)
+		return nil
+	})
+	return out, err
+}
+
+// EachEntry calls fn with each audit entry of [start, end) in order, as
+// the store returns them (one entry in memory at a time, b its own copy),
+// and stops at fn's first error, returning it.
+func (s *Store) EachEntry(ctx context.Context, start, end int64, fn func(index int64, b []byte) error) error {
 	rows, err := s.readStmt(qEntries, 0).QueryContext(ctx, start, end)
 	if err != nil {
-		return nil, fmt.Errorf("store: audit entries: %w", err)
+		return fmt.Errorf("store: audit entries: %w", err)
 	}
 	defer rows.Close()
-	var out [][]byte
+	next := start
+	var b []byte
 	for rows.Next() {
 		var x int64
-		var b []byte
 		if err := rows.Scan(&x, &b); err != nil {
-			return nil, err
+			return err
 		}
-		if x != start+int64(len(out)) {
-			return nil, fmt.Errorf("store: audit entry %d missing", start+int64(len(out)))
+		if x != next {
+			return fmt.Errorf("store: audit entry %d missing", next)
 		}
-		out = append(out, b)
+		if err := fn(x, b); err != nil {
+			return err
+		}
+		next++
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 // ReleaseLeases drops every lease. Only for a single-node store at start
