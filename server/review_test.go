@@ -97,7 +97,7 @@ func TestEditedRowsRefused(t *testing.T) {
 			evil := strings.Repeat("66", 32)
 			q(`UPDATE items SET tbs = ?, state = 'pending' WHERE request_id = ?`, []byte(evil), st.ID)
 			got := waitState(t, c, st.ID, api.StateRefused)
-			if !strings.Contains(got.Items[0].Error, "refused at signing: the stored item row's tbs differs") {
+			if !strings.Contains(got.Items[0].Error, "refused at signing: the stored item row 0 (") {
 				t.Fatalf("edited tbs: %q", got.Items[0].Error)
 			}
 

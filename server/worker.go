@@ -126,7 +126,7 @@ func (s *Server) sign(c store.Claim) (*store.Signed, *store.Failed) {
 		s.log.Error("item needs a key this replica does not hold", "request", c.Request, "item", c.ID, "key", c.Key)
 		return nil, &store.Failed{Claim: c, Err: fmt.Sprintf("key %q is not configured on this service", c.Key)}
 	}
-	tbs, err := s.recheck(&c)
+	err := s.recheck(&c)
 	if errors.Is(err, errTransient) {
 		s.log.Error("rechecking an item", "request", c.Request, "item", c.ID, "err", err)
 		return nil, &store.Failed{Claim: c, Err: err.Error()}
@@ -135,7 +135,7 @@ func (s *Server) sign(c store.Claim) (*store.Signed, *store.Failed) {
 		s.refuseClaim(c, err)
 		return nil, nil
 	}
-	c.TBS = tbs // the verified request's bytes, never the row's
+	// c.TBS is now known to be the verified request body's bytes.
 	h, err := request.HashByName(c.Hash)
 	if err != nil {
 		return nil, &store.Failed{Claim: c, Err: err.Error()}

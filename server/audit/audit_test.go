@@ -268,7 +268,7 @@ func TestVerifySemantics(t *testing.T) {
 		"approvers of the key": {[]*Entry{sub, appr("alice"), appr("bob"), sign("ci", "db")},
 			VerifyOptions{Approvals: gated.Approvals, Approvers: map[string]map[string]bool{"alice": {"db": true}, "bob": {"db": true}}}, nil},
 		"ungated key":  {[]*Entry{sub, sign("ci", "uki")}, gated, nil},
-		"unknown type": {[]*Entry{sub, {Time: tm, Type: "cancel", Client: "ci", Request: "r1"}, sign("ci", "db")}, VerifyOptions{}, nil},
+		"unknown type": {[]*Entry{sub, {Time: tm, Type: "rotate", Client: "ci", Request: "r1"}, sign("ci", "db")}, VerifyOptions{}, nil},
 	} {
 		for _, e := range c.entries {
 			e.Index = 0
@@ -284,7 +284,7 @@ func TestVerifySemantics(t *testing.T) {
 		if !errors.Is(err, c.want) || (err != nil) != (c.want != nil) {
 			t.Errorf("%s: %v, want %v", name, err, c.want)
 		}
-		if name == "unknown type" && (err != nil || rep.Types["cancel"] != 1 || !slices.Equal(rep.Unknown(), []string{"cancel"})) {
+		if name == "unknown type" && (err != nil || rep.Types["rotate"] != 1 || !slices.Equal(rep.Unknown(), []string{"rotate"})) {
 			t.Errorf("unknown type: %v %+v", err, rep)
 		}
 	}
