@@ -78,6 +78,12 @@ type LimitsConfig struct {
 	WriteTimeout Duration `toml:"write_timeout"`
 	// IdleTimeout closes kept-alive connections idle this long ("120s").
 	IdleTimeout Duration `toml:"idle_timeout"`
+	// SigningTimeWindow, when set, bounds the time an item's signature
+	// claims (an Authenticode signingTime, an OpenPGP creation time) to
+	// this far from the service's clock, either way, when submitted and
+	// when signed. Unset: any time, as reproducible builds dated by
+	// SOURCE_DATE_EPOCH need.
+	SigningTimeWindow Duration `toml:"signing_time_window"`
 }
 
 // KeyConfig is a signing key the service holds.

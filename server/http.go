@@ -326,7 +326,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 		case len(id.kinds) > 0 && !id.kinds[string(it.Kind)]:
 			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not submit %s items", id.name, it.Kind)})
 		default:
-			if err := check.Item(it); err != nil {
+			err := check.Item(it)
+			if err == nil {
+				t, _ := check.SigningTime(it)
+				err = s.timeAllowed(t, time.Now())
+			}
+			if err != nil {
 				refused = append(refused, api.ItemError{ID: it.ID, Reason: err.Error()})
 			}
 		}

@@ -61,8 +61,9 @@ type verifiedRequest struct {
 }
 
 type itemSeal struct {
-	sum   [32]byte // itemSum of the submitted item
-	check error    // its kind's check (canonical rebuild), nil if it passed
+	sum   [32]byte  // itemSum of the submitted item
+	check error     // its kind's check (canonical rebuild), nil if it passed
+	time  time.Time // the signing time it claims (check.SigningTime), if any
 }
 
 // itemSum commits to everything of an item the worker signs with.
@@ -140,7 +141,8 @@ func (s *Server) document(ctx context.Context, id string) (*verifiedRequest, err
 		v := &verifiedRequest{client: d.Client, items: make([]itemSeal, len(req.Items))}
 		for i := range req.Items {
 			it := &req.Items[i]
-			v.items[i] = itemSeal{sum: itemSum(it.ID, it.Key, string(it.Kind), it.Hash, it.TBS), check: check.Item(it)}
+			t, _ := check.SigningTime(it)
+			v.items[i] = itemSeal{sum: itemSum(it.ID, it.Key, string(it.Kind), it.Hash, it.TBS), check: check.Item(it), time: t}
 		}
 		return v, nil
 	})
@@ -170,6 +172,9 @@ func (s *Server) recheck(c *store.Claim) error {
 	case seal.check != nil:
 		return seal.check
 	}
+	if err := s.timeAllowed(seal.time, time.Now()); err != nil {
+		return err
+	}
 	if err := s.allowed(v.client, c.Key, request.Kind(c.Kind)); err != nil {
 		return err
 	}
@@ -187,6 +192,20 @@ func (s *Server) recheck(c *store.Claim) error {
 		if n < k.cfg.Approvals {
 			return fmt.Errorf("key %q needs %d approvals by current approvers, the request has %d valid ones", c.Key, k.cfg.Approvals, n)
 		}
+	}
+	return nil
+}
+
+// timeAllowed applies limits.signing_time_window to a claimed signing
+// time (zero: the item claims none).
+func (s *Server) timeAllowed(t, now time.Time) error {
+	w := s.cfg.Limits.SigningTimeWindow.Duration
+	if w <= 0 || t.IsZero() {
+		return nil
+	}
+	if d := t.Sub(now); d > w || d < -w {
+		return fmt.Errorf("%w: signing time %s is more than %s from the service's clock (limits.signing_time_window)",
+			check.ErrRefused, t.UTC().Format(time.RFC3339), w)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"signet.dev/authenticode"
+	"signet.dev/request"
 	"signet.dev/server/api"
 	"signet.dev/server/client"
 	"signet.dev/server/internal/pgtest"
@@ -230,5 +233,51 @@ func TestRejectEndsWait(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the waiting fetch did not end")
+	}
+}
+
+// limits.signing_time_window bounds the signing time a client may choose
+// for an Authenticode item, at submission and again at signing.
+func TestSigningTimeWindow(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.Limits.SigningTimeWindow.Duration = time.Hour
+		c.Keys = append(c.Keys, KeyConfig{Name: "db", PrivateKey: c.Keys[0].PrivateKey, Certificate: c.Keys[0].Certificate, Kinds: []string{"authenticode"}})
+		for i := range c.Clients {
+			if c.Clients[i].Name == "ci" {
+				c.Clients[i].Keys = append(c.Clients[i].Keys, "db")
+			}
+		}
+	})
+	item := func(at time.Time) []byte {
+		d := sha256.Sum256([]byte("an image"))
+		p, err := authenticode.PrepareDigest(d[:], at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spc, _ := authenticode.SpcIndirectDataContent(authenticode.Hash, d[:])
+		r := &request.Request{Format: request.FormatRequest, Items: []request.Item{{ID: "ukis/a.efi", Kind: request.KindAuthenticode, Key: "db", Hash: "sha256",
+			TBS: p.SignedAttributes, Authenticode: &request.AuthenticodeContext{File: "a.efi", Digest: hex.EncodeToString(d[:]), SpcIndirectData: spc}}}}
+		b, err := r.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	c := e.client("ci")
+	st, err := c.Submit(ctxT(t), item(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Wait(ctxT(t), st.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Submit(ctxT(t), item(time.Unix(1700000000, 0)))
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != 422 || !strings.Contains(err.Error(), "signing time 2023-11-14T22:13:20Z is more than 1h0m0s from the service's clock") {
+		t.Fatalf("old signing time: %v", err)
+	}
+	// At signing, the same bound against the clock then.
+	if err := e.srv.timeAllowed(time.Now(), time.Now().Add(2*time.Hour)); err == nil {
+		t.Fatal("a signing time two hours before the signing clock passed the recheck")
 	}
 }

@@ -26,7 +26,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
+	"signet.dev/authenticode"
 	"signet.dev/measure"
 	"signet.dev/request"
 )
@@ -192,4 +194,23 @@ func PCRPolicy(it *request.Item) error {
 		return refuse("a PCR policy is signed with sha256, not %s", it.Hash)
 	}
 	return nil
+}
+
+// SigningTime returns the time an item's signature will claim to be made
+// at, for kinds that carry one: an Authenticode item's signingTime, an
+// OpenPGP manifest item's signature creation time. A signer bounds it
+// (a signing service may refuse times far from its clock).
+func SigningTime(it *request.Item) (time.Time, bool) {
+	switch it.Kind {
+	case request.KindAuthenticode:
+		p, err := authenticode.ParseSignedAttributes(it.TBS)
+		if err != nil || p.SigningTime.IsZero() {
+			return time.Time{}, false
+		}
+		return p.SigningTime, true
+	case request.KindManifestOpenPGP:
+		t := OpenPGPTime(it)
+		return t, !t.IsZero()
+	}
+	return time.Time{}, false
 }
