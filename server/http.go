@@ -383,9 +383,21 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 			writeError(w, http.StatusServiceUnavailable, "reading the request back failed", nil)
 			return
 		}
+		// A reproducible build gives every client that builds it the
+		// same request: another client that passed every check above
+		// for it becomes a submitter of it too, and sees it as its own.
+		if !isSubmitter(stored, id.name) {
+			e := &audit.Entry{Time: time.Now().UTC(), Type: audit.TypeSubmit, Client: id.name, Request: reqID, Items: len(req.Items)}
+			if _, err := s.store.AddSubmitter(r.Context(), reqID, id.name, s.bind.submitter(reqID, id.name), e); err != nil {
+				s.log.Error("storing a submitter", "request", reqID, "err", err)
+				writeError(w, http.StatusServiceUnavailable, "storing the request failed; submit it again", nil)
+				return
+			}
+			stored.Submitters = append(stored.Submitters, id.name)
+		}
 	}
 	w.Header().Set("Location", "/v1/requests/"+reqID)
-	writeJSON(w, code, s.statusOf(stored))
+	writeJSON(w, code, s.statusTo(stored, id))
 }
 
 // errTooLarge: a body past limits.max_request_bytes.
@@ -454,7 +466,23 @@ func (s *Server) statusOf(r *store.Request) *api.Status {
 	return st
 }
 
-// load fetches the request named in the path, if id may see it: its
+// isSubmitter reports whether client submitted r (first, or the same
+// request again later).
+func isSubmitter(r *store.Request, client string) bool {
+	return r.Client == client || slices.Contains(r.Submitters, client)
+}
+
+// statusTo is r's status as id may see it: a client that submitted the
+// request too sees itself as its client, not who was first.
+func (s *Server) statusTo(r *store.Request, id *identity) *api.Status {
+	st := s.statusOf(r)
+	if isSubmitter(r, id.name) {
+		st.Client = id.name
+	}
+	return st
+}
+
+// load fetches the request named in the path, if id may see it: a
 // submitter, or an approver of one of its keys. Others get 404, as for an
 // unknown id.
 func (s *Server) load(w http.ResponseWriter, r *http.Request, id *identity) *store.Request {
@@ -473,7 +501,7 @@ func (s *Server) load(w http.ResponseWriter, r *http.Request, id *identity) *sto
 		writeError(w, http.StatusServiceUnavailable, "store unavailable", nil)
 		return nil
 	}
-	if sr.Client != id.name && !slices.ContainsFunc(sr.Items, func(it store.Item) bool { return id.approve[it.Key] }) {
+	if !isSubmitter(sr, id.name) && !slices.ContainsFunc(sr.Items, func(it store.Item) bool { return id.approve[it.Key] }) {
 		writeError(w, http.StatusNotFound, "no request "+reqID, nil)
 		return nil
 	}
@@ -482,7 +510,7 @@ func (s *Server) load(w http.ResponseWriter, r *http.Request, id *identity) *sto
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, id *identity) {
 	if sr := s.load(w, r, id); sr != nil {
-		writeJSON(w, http.StatusOK, s.statusOf(sr))
+		writeJSON(w, http.StatusOK, s.statusTo(sr, id))
 	}
 }
 
@@ -661,10 +689,15 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {
 		}
 	}
 	switch {
+	case slices.Contains(sr.Approvers, id.name):
+		// Approved already: the same answer again, so that a client
+		// retrying an approval whose answer it lost is not told 409.
+		writeJSON(w, http.StatusOK, s.statusTo(sr, id))
+		return
 	case !gated:
 		writeError(w, http.StatusConflict, fmt.Sprintf("request %s has no items waiting for approval", sr.ID), nil)
 		return
-	case sr.Client == id.name:
+	case isSubmitter(sr, id.name):
 		s.refuse(w, r, id, http.StatusForbidden, sr.ID, "a client may not approve its own request", nil)
 		return
 	case !mayApprove:
@@ -698,7 +731,7 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 	s.wake()
 	if sr = s.load(w, r, id); sr != nil {
-		writeJSON(w, http.StatusOK, s.statusOf(sr))
+		writeJSON(w, http.StatusOK, s.statusTo(sr, id))
 	}
 }
 
@@ -776,7 +809,7 @@ func (s *Server) end(w http.ResponseWriter, r *http.Request, id *identity, typ s
 	case audit.TypeCancel:
 		may, what = sr.Client == id.name, "cancelled by its submitter "+id.name
 	default:
-		may = sr.Client != id.name && slices.ContainsFunc(sr.Items, func(it store.Item) bool {
+		may = !isSubmitter(sr, id.name) && slices.ContainsFunc(sr.Items, func(it store.Item) bool {
 			return (it.State == store.StateApproval || it.State == store.StatePending) && id.approve[it.Key]
 		})
 		what = "rejected by " + id.name
@@ -801,7 +834,7 @@ func (s *Server) end(w http.ResponseWriter, r *http.Request, id *identity, typ s
 	}
 	s.endedBroadcast(sr.ID) // waiting fetches answer now
 	if sr = s.load(w, r, id); sr != nil {
-		writeJSON(w, http.StatusOK, s.statusOf(sr))
+		writeJSON(w, http.StatusOK, s.statusTo(sr, id))
 	}
 }
 

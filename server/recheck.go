@@ -50,6 +50,8 @@ func (b binder) request(id, client string) []byte { return b.mac("request", id, 
 
 func (b binder) approval(id, approver string) []byte { return b.mac("approval", id, approver) }
 
+func (b binder) submitter(id, client string) []byte { return b.mac("submitter", id, client) }
+
 // verifiedRequest is what the worker keeps of a stored request whose
 // body, id and client binding were verified: per item, a digest of what
 // is to be signed and the verdict of its kind's check (a pure function of
@@ -57,6 +59,9 @@ func (b binder) approval(id, approver string) []byte { return b.mac("approval", 
 // items take 160 KiB, where the parsed request would take megabytes.
 type verifiedRequest struct {
 	client string
+	// others are the clients that submitted the same request later,
+	// with a valid binding, when it was verified.
+	others []string
 	items  []itemSeal
 }
 
@@ -139,6 +144,15 @@ func (s *Server) document(ctx context.Context, id string) (*verifiedRequest, err
 			return nil, fmt.Errorf("the stored request body has digest %x, not its id %s", dg, id)
 		}
 		v := &verifiedRequest{client: d.Client, items: make([]itemSeal, len(req.Items))}
+		subs, err := s.store.Submitters(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading submitters: %v", errTransient, err)
+		}
+		for _, a := range subs {
+			if hmac.Equal(a.Binding, s.bind.submitter(id, a.Approver)) {
+				v.others = append(v.others, a.Approver)
+			}
+		}
 		for i := range req.Items {
 			it := &req.Items[i]
 			t, _ := check.SigningTime(it)
@@ -175,7 +189,17 @@ func (s *Server) recheck(c *store.Claim) error {
 	if err := s.timeAllowed(seal.time, time.Now()); err != nil {
 		return err
 	}
-	if err := s.allowed(v.client, c.Key, request.Kind(c.Kind)); err != nil {
+	// Some client that submitted it must still have the right.
+	err = s.allowed(v.client, c.Key, request.Kind(c.Kind))
+	for _, o := range v.others {
+		if err == nil {
+			break
+		}
+		if s.allowed(o, c.Key, request.Kind(c.Kind)) == nil {
+			err = nil
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if k := s.keys[c.Key]; k != nil && k.cfg.Approvals > 0 {
@@ -185,7 +209,7 @@ func (s *Server) recheck(c *store.Claim) error {
 		}
 		n := 0
 		for _, a := range as {
-			if hmac.Equal(a.Binding, s.bind.approval(c.Request, a.Approver)) && a.Approver != v.client && s.mayApprove(a.Approver, c.Key) {
+			if hmac.Equal(a.Binding, s.bind.approval(c.Request, a.Approver)) && a.Approver != v.client && !slices.Contains(v.others, a.Approver) && s.mayApprove(a.Approver, c.Key) {
 				n++
 			}
 		}

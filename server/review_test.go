@@ -281,3 +281,48 @@ func TestSigningTimeWindow(t *testing.T) {
 		t.Fatal("a signing time two hours before the signing clock passed the recheck")
 	}
 }
+
+// A reproducible build gives every client that builds it the same request:
+// a second client with the rights gets it as its own (its name in the
+// status, the response fetched), a client that did not submit it still
+// cannot see it, and the audit log records both submissions.
+func TestSameRequestTwoClients(t *testing.T) {
+	e := newEnv(t, nil)
+	_, body := newRequest(t, 3, "verity")
+	st, err := e.client("ci").Submit(ctxT(t), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client("ci").Wait(ctxT(t), st.ID); err != nil {
+		t.Fatal(err)
+	}
+	other := e.client("approver-ci")
+	if _, err := other.Status(ctxT(t), st.ID); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("a client that did not submit it sees it: %v", err)
+	}
+	st2, err := other.Submit(ctxT(t), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.ID != st.ID || st2.Client != "approver-ci" || st2.State != api.StateSigned {
+		t.Fatalf("second submitter's status: %+v", st2)
+	}
+	res, err := other.Wait(ctxT(t), st.ID)
+	if err != nil || len(res.Response.Items) != 3 {
+		t.Fatalf("second submitter's fetch: %v", err)
+	}
+	// A client without the key's rights is refused before anything.
+	if _, err := e.client("alice").Submit(ctxT(t), body); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a client without rights: %v", err)
+	}
+	if n := strings.Count(auditLog(t, e), `"type":"submit"`); n != 2 {
+		t.Fatalf("%d submit entries, want 2", n)
+	}
+	// Submitting again as either changes nothing more.
+	if _, err := other.Submit(ctxT(t), body); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(auditLog(t, e), `"type":"submit"`); n != 2 {
+		t.Fatalf("%d submit entries after a repeat, want 2", n)
+	}
+}

@@ -65,6 +65,10 @@ type Request struct {
 	// (stored by Submit; read by Document). The key is not in the
 	// database, so a row written by anyone else is refused at signing.
 	Binding []byte
+	// Submitters are the other clients that submitted the same request
+	// (a reproducible build yields the same digest for everyone), in
+	// order.
+	Submitters []string
 }
 
 // Approval is one stored approval with its binding MAC.
@@ -223,6 +227,12 @@ func (s *Store) migrate(ctx context.Context) error {
 			approver TEXT NOT NULL,
 			created BIGINT NOT NULL,
 			PRIMARY KEY (request_id, approver))`,
+		`CREATE TABLE IF NOT EXISTS submitters (
+			request_id TEXT NOT NULL REFERENCES requests(id),
+			client TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			binding ` + blob + ` NOT NULL,
+			PRIMARY KEY (request_id, client))`,
 		`CREATE TABLE IF NOT EXISTS audit_entries (idx BIGINT PRIMARY KEY, data ` + blob + ` NOT NULL)`,
 		`CREATE TABLE IF NOT EXISTS audit_hashes (idx BIGINT PRIMARY KEY, hash ` + blob + ` NOT NULL)`,
 		`CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY, size BIGINT NOT NULL)`,
@@ -366,6 +376,13 @@ func (s *Store) Request(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
 	}
 	rows.Close()
+	sub, err := s.Submitters(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range sub {
+		r.Submitters = append(r.Submitters, a.Approver)
+	}
 	ar, err := s.readStmt(qApprovers, 0).QueryContext(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("store: request %s: %w", id, err)
@@ -633,6 +650,49 @@ func (s *Store) Approvals(ctx context.Context, id string) ([]Approval, error) {
 		var a Approval
 		if err := rows.Scan(&a.Approver, &a.Binding); err != nil {
 			return nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// AddSubmitter records that client submitted request id too (it exists,
+// submitted by another client), with its binding MAC and audit entry, in
+// one transaction. A client recorded already is not recorded again:
+// added is false and nothing is audited.
+func (s *Store) AddSubmitter(ctx context.Context, id, client string, binding []byte, e *audit.Entry) (added bool, err error) {
+	err = s.inTx(ctx, func(tx *txn) error {
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO submitters (request_id, client, created, binding) VALUES (?, ?, ?, ?) ON CONFLICT (request_id, client) DO NOTHING`),
+			id, client, time.Now().UnixNano(), binding)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		added = true
+		_, err = s.appendAudit(ctx, tx, []*audit.Entry{e})
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: submitter of %s: %w", id, err)
+	}
+	return added, nil
+}
+
+// Submitters reads the other clients that submitted request id, with
+// their binding MACs (in Approval's fields: Approver is the client).
+func (s *Store) Submitters(ctx context.Context, id string) ([]Approval, error) {
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT client, binding FROM submitters WHERE request_id = ? ORDER BY created, client`), id)
+	if err != nil {
+		return nil, fmt.Errorf("store: submitters of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []Approval
+	for rows.Next() {
+		var a Approval
+		if err := rows.Scan(&a.Approver, &a.Binding); err != nil {
+			return nil, fmt.Errorf("store: submitters of %s: %w", id, err)
 		}
 		out = append(out, a)
 	}
