@@ -112,4 +112,3 @@ func Predict(comps []Component, w Window) []Count {
 	}
 	return out
 }
-

@@ -181,4 +181,3 @@ func hashAll(r io.Reader) ([][]byte, error) {
 	}
 	return out, nil
 }
-
