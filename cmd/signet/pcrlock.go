@@ -78,6 +78,43 @@ func writeVariants(dir, uki string, vs []pcrlock.Variant) error {
 	return nil
 }
 
+func isVariantDir(path string) bool {
+	return strings.HasSuffix(strings.TrimRight(path, "/"), ".pcrlock.d")
+}
+
+// checkPcrlockTarget refuses, before anything is written, a single file
+// for a UKI with several boot profiles.
+func checkPcrlockTarget(path string, profiles int) error {
+	if path != "" && profiles > 1 && !isVariantDir(path) {
+		return fmt.Errorf("--pcrlock=%s: %d boot profiles, one .pcrlock variant each: give a DIR.pcrlock.d", path, profiles)
+	}
+	return nil
+}
+
+// writeUKIPcrlock writes the .pcrlock of the UKI at uki to path (a file or
+// a DIR.pcrlock.d); "" writes nothing.
+func writeUKIPcrlock(path, uki string) error {
+	if path == "" {
+		return nil
+	}
+	f, size, err := openInput(uki)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	vs, err := pcrlock.LockUKI(f, size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", uki, err)
+	}
+	if isVariantDir(path) {
+		return writeVariants(path, uki, vs)
+	}
+	if err := checkPcrlockTarget(path, len(vs)); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, vs[0].File.Marshal(), 0o644)
+}
+
 func newPcrlockLockUKICmd() *cobra.Command {
 	var out string
 	var profile int
@@ -115,7 +152,7 @@ for one. --pcrlock=DIR.pcrlock.d with a single-profile UKI writes DIR.pcrlock.d/
 				}
 				vs = pick
 			}
-			if strings.HasSuffix(strings.TrimRight(out, "/"), ".pcrlock.d") {
+			if isVariantDir(out) {
 				return writeVariants(out, args[0], vs)
 			}
 			if len(vs) > 1 {
@@ -268,7 +305,11 @@ PolicyOR takes 8 branches).`,
 					mark = fmt.Sprintf(" (more than %d: make-policy fails)", pcrlock.MaxAlternatives)
 					over = true
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "PCR %d: %d values%s\n", c.PCR, c.Values, mark)
+				unit := "values"
+				if c.Values == 1 {
+					unit = "value"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "PCR %d: %d %s%s\n", c.PCR, c.Values, unit, mark)
 			}
 			if over {
 				advice := "ship only the booted and the next release's .pcrlock"
