@@ -117,6 +117,13 @@ func TestLockParity262(t *testing.T) {
 		uki.BytesPart(".splash", []byte("BM not really a bitmap")),
 	}, nil)
 	ukis = append(ukis, sig)
+	// Secure Boot signing (sbsign) changes neither the records nor parity.
+	signed := filepath.Join(dir, "signed.efi")
+	testenv.Run(t, "sbsign", "--key", kt.KeyPath, "--cert", kt.CertPath, "--output", signed, sig)
+	if a, b := lockUKI(t, sig)[0].File.Marshal(), lockUKI(t, signed)[0].File.Marshal(); !bytes.Equal(a, b) {
+		t.Errorf("signing changed the .pcrlock:\n%s\n%s", a, b)
+	}
+	ukis = append(ukis, signed)
 	for _, u := range ukis {
 		want := testenv.Sid(t, sdPcrlock, "lock-uki", u)
 		vs := lockUKI(t, u)
