@@ -340,6 +340,10 @@ func FuzzParse(f *testing.F) {
 
 func FuzzLockUKI(f *testing.F) {
 	f.Add([]byte("MZ"))
+	// systemd 262's stub: a real PE with .sdmagic and sections to mutate.
+	if b, err := os.ReadFile(sidRoot + sidStub); err == nil {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pcrlock.LockUKI(bytes.NewReader(b), int64(len(b)))
 		pcrlock.LockPE(bytes.NewReader(b), int64(len(b)), 4)
