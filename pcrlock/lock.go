@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"signet.dev/authenticode"
 	"signet.dev/measure"
@@ -27,13 +28,12 @@ func PERecord(r io.ReaderAt, size int64, pcr int) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
-	ds := make([][]byte, len(Banks))
-	for i, b := range Banks {
-		// Zero-padded to 8 bytes, as systemd-pcrlock 262 hashes
-		// an image whose length is not a multiple of 8.
-		if ds[i], err = f.Digest(b.Hash); err != nil {
-			return Record{}, err
-		}
+	// One pass per bank, in parallel. Zero-padded to 8 bytes, as
+	// systemd-pcrlock 262 hashes an image whose length is not a
+	// multiple of 8.
+	ds, err := perBank(func(b measure.Bank) ([]byte, error) { return f.Digest(b.Hash) })
+	if err != nil {
+		return Record{}, err
 	}
 	return NewRecord(pcr, ds), nil
 }
@@ -94,7 +94,11 @@ func LockUKI(r io.ReaderAt, size int64) ([]Variant, error) {
 		v := Variant{Profile: p.Index, File: &File{Records: []Record{pe}}}
 		for _, in := range ins {
 			v.File.Records = append(v.File.Records, DataRecord(measure.PCR, []byte(in.Section.String()+"\x00")))
-			ds, err := hashAll(io.NewSectionReader(in.R, 0, in.Size))
+			ds, err := perBank(func(b measure.Bank) ([]byte, error) {
+				h := b.Hash.New()
+				_, err := io.Copy(h, io.NewSectionReader(in.R, 0, in.Size))
+				return h.Sum(nil), err
+			})
 			if err != nil {
 				return nil, fmt.Errorf("section %s: %w", in.Section, err)
 			}
@@ -119,4 +123,21 @@ func profileID(in measure.Input) string {
 		}
 	}
 	return ""
+}
+
+// perBank runs fn for every bank in parallel: large images are hashed
+// once per bank, and the banks do not depend on each other.
+func perBank(fn func(measure.Bank) ([]byte, error)) ([][]byte, error) {
+	ds := make([][]byte, len(Banks))
+	errs := make([]error, len(Banks))
+	var wg sync.WaitGroup
+	for i, b := range Banks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ds[i], errs[i] = fn(b)
+		}()
+	}
+	wg.Wait()
+	return ds, errors.Join(errs...)
 }

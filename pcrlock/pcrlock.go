@@ -163,21 +163,3 @@ func Parse(b []byte) (*File, error) {
 	}
 	return f, nil
 }
-
-// hashAll hashes r in every bank in one pass.
-func hashAll(r io.Reader) ([][]byte, error) {
-	hs := make([]io.Writer, len(Banks))
-	ws := make([]interface{ Sum([]byte) []byte }, len(Banks))
-	for i, b := range Banks {
-		h := b.Hash.New()
-		hs[i], ws[i] = h, h
-	}
-	if _, err := io.Copy(io.MultiWriter(hs...), r); err != nil {
-		return nil, err
-	}
-	out := make([][]byte, len(Banks))
-	for i := range ws {
-		out[i] = ws[i].Sum(nil)
-	}
-	return out, nil
-}
