@@ -84,6 +84,7 @@ func splitList(v string) []string {
 func newUKIBuildCmd() *cobra.Command {
 	var (
 		stub, linux, cmdline, osrel, uname, splash, dtb, sbat, profile, output string
+		pcrlockOut                                                             string
 		initrds, joinProfiles                                                  []string
 		pcrKey, pcrKeySource, pcrPub, pcrCert, phases, banks, policyRef        string
 		policyDigest, signInitrd                                               bool
@@ -237,6 +238,9 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", stub, err)
 			}
+			if err := checkPcrlockTarget(pcrlockOut, plan.Contexts()); err != nil {
+				return err
+			}
 			var docs []*measure.PCRSig
 			if pub != nil {
 				ph, err := measure.ParsePhases(splitList(phases))
@@ -280,7 +284,10 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 			if _, err := plan.WriteTo(out, docs); err != nil {
 				return fmt.Errorf("%s: %w", output, err)
 			}
-			return out.Commit()
+			if err := out.Commit(); err != nil {
+				return err
+			}
+			return writeUKIPcrlock(pcrlockOut, output)
 		},
 	}
 	f := cmd.Flags()
@@ -305,6 +312,7 @@ bound to the reference "initrd" (what systemd 262's NvPCR setup wants).`,
 	f.StringVar(&policyRef, "policyref", "", "TPM2 policy reference to bind the PCR signatures to")
 	f.BoolVar(&signInitrd, "sign-initrd-pcrs", false, "also sign an enter-initrd policy per bank bound to the policy reference \"initrd\" (ukify 262)")
 	f.StringVar(&output, "output", "", "UKI to write")
+	f.StringVar(&pcrlockOut, "pcrlock", "", "also write the UKI's .pcrlock (signet pcrlock lock-uki) to this file, or DIR.pcrlock.d")
 	return cmd
 }
 
