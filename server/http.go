@@ -290,64 +290,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 		}
 		return
 	}
-	req, err := request.Parse(body)
-	if err != nil {
-		s.metrics.submissions.WithLabelValues("invalid").Inc()
-		writeError(w, http.StatusBadRequest, err.Error(), nil)
-		return
-	}
-	if len(req.Items) == 0 {
-		s.metrics.submissions.WithLabelValues("invalid").Inc()
-		writeError(w, http.StatusBadRequest, "request has no items", nil)
-		return
-	}
-	if len(req.Items) > s.cfg.Limits.MaxItems {
-		s.metrics.submissions.WithLabelValues("invalid").Inc()
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request has %d items, the limit is %d", len(req.Items), s.cfg.Limits.MaxItems), nil)
-		return
-	}
-	d := req.Digest()
-	reqID := hex.EncodeToString(d[:])
-
-	// Unknown keys are bad input; keys or kinds the client may not use are
-	// a policy refusal (403, audited); content that fails its kind's check
-	// is refused (422, audited). Nothing is stored for a refused request.
-	var unknown, forbidden, refused []api.ItemError
-	for i := range req.Items {
-		it := &req.Items[i]
-		k := s.keys[it.Key]
-		switch {
-		case k == nil:
-			unknown = append(unknown, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("no key named %q", it.Key)})
-		case !id.keys[it.Key]:
-			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not use key %q", id.name, it.Key)})
-		case !slices.Contains(k.cfg.Kinds, string(it.Kind)):
-			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("key %q does not sign %s items", it.Key, it.Kind)})
-		case len(id.kinds) > 0 && !id.kinds[string(it.Kind)]:
-			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not submit %s items", id.name, it.Kind)})
-		default:
-			err := check.Item(it)
-			if err == nil {
-				t, _ := check.SigningTime(it)
-				err = s.timeAllowed(t, time.Now())
-			}
-			if err != nil {
-				refused = append(refused, api.ItemError{ID: it.ID, Reason: err.Error()})
-			}
+	req, reqID, v := s.vet(id, body, time.Now())
+	if v.code != 0 {
+		s.metrics.submissions.WithLabelValues(v.result).Inc()
+		if v.audited {
+			s.refuse(w, r, id, v.code, reqID, v.msg, v.items)
+		} else {
+			writeError(w, v.code, v.msg, v.items)
 		}
-	}
-	switch {
-	case len(unknown) > 0:
-		s.metrics.submissions.WithLabelValues("invalid").Inc()
-		writeError(w, http.StatusBadRequest, "request names keys this service does not hold", unknown)
-		return
-	case len(forbidden) > 0:
-		s.metrics.submissions.WithLabelValues("refused").Inc()
-		s.refuse(w, r, id, http.StatusForbidden, reqID, "not allowed", forbidden)
-		return
-	case len(refused) > 0:
-		s.metrics.submissions.WithLabelValues("refused").Inc()
-		s.refuse(w, r, id, http.StatusUnprocessableEntity, reqID, "items refused by their kind's check", refused)
 		return
 	}
 
@@ -398,6 +348,73 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, id *identity) {
 	}
 	w.Header().Set("Location", "/v1/requests/"+reqID)
 	writeJSON(w, code, s.statusTo(stored, id))
+}
+
+// verdict is what vetting a submission decided.
+type verdict struct {
+	code    int // HTTP status of the refusal; 0: accepted
+	msg     string
+	items   []api.ItemError
+	audited bool   // a policy or check refusal, recorded in the audit log
+	result  string // the signet_submissions_total label
+}
+
+// vet decides whether client id may submit body, touching nothing: the
+// document's shape, every item's key and kind against id's rights, every
+// item's kind check (the canonical rebuild) and signing time. Unknown
+// keys are bad input (400); keys or kinds the client may not use are a
+// policy refusal (403, audited); content that fails its kind's check is
+// refused (422, audited). It returns the parsed request and its id when
+// the body parses.
+func (s *Server) vet(id *identity, body []byte, now time.Time) (*request.Request, string, verdict) {
+	invalid := func(code int, msg string, items []api.ItemError) verdict {
+		return verdict{code: code, msg: msg, items: items, result: "invalid"}
+	}
+	req, err := request.Parse(body)
+	if err != nil {
+		return nil, "", invalid(http.StatusBadRequest, err.Error(), nil)
+	}
+	d := req.Digest()
+	reqID := hex.EncodeToString(d[:])
+	if len(req.Items) == 0 {
+		return req, reqID, invalid(http.StatusBadRequest, "request has no items", nil)
+	}
+	if len(req.Items) > s.cfg.Limits.MaxItems {
+		return req, reqID, invalid(http.StatusRequestEntityTooLarge, fmt.Sprintf("request has %d items, the limit is %d", len(req.Items), s.cfg.Limits.MaxItems), nil)
+	}
+	var unknown, forbidden, refused []api.ItemError
+	for i := range req.Items {
+		it := &req.Items[i]
+		k := s.keys[it.Key]
+		switch {
+		case k == nil:
+			unknown = append(unknown, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("no key named %q", it.Key)})
+		case !id.keys[it.Key]:
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not use key %q", id.name, it.Key)})
+		case !slices.Contains(k.cfg.Kinds, string(it.Kind)):
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("key %q does not sign %s items", it.Key, it.Kind)})
+		case len(id.kinds) > 0 && !id.kinds[string(it.Kind)]:
+			forbidden = append(forbidden, api.ItemError{ID: it.ID, Reason: fmt.Sprintf("client %s may not submit %s items", id.name, it.Kind)})
+		default:
+			err := check.Item(it)
+			if err == nil {
+				t, _ := check.SigningTime(it)
+				err = s.timeAllowed(t, now)
+			}
+			if err != nil {
+				refused = append(refused, api.ItemError{ID: it.ID, Reason: err.Error()})
+			}
+		}
+	}
+	switch {
+	case len(unknown) > 0:
+		return req, reqID, invalid(http.StatusBadRequest, "request names keys this service does not hold", unknown)
+	case len(forbidden) > 0:
+		return req, reqID, verdict{code: http.StatusForbidden, msg: "not allowed", items: forbidden, audited: true, result: "refused"}
+	case len(refused) > 0:
+		return req, reqID, verdict{code: http.StatusUnprocessableEntity, msg: "items refused by their kind's check", items: refused, audited: true, result: "refused"}
+	}
+	return req, reqID, verdict{}
 }
 
 // errTooLarge: a body past limits.max_request_bytes.
