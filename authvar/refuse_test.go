@@ -1,12 +1,15 @@
 package authvar_test
 
 import (
+	"crypto"
 	"crypto/x509"
 	"strings"
 	"testing"
 
 	"signet.dev/authvar"
+	"signet.dev/cms"
 	"signet.dev/internal/boottest"
+	"signet.dev/keys"
 )
 
 // TestRefused: what firmware would refuse, Verify and Join refuse.
@@ -56,6 +59,19 @@ func TestRefused(t *testing.T) {
 			t.Errorf("%s: Verify = %v, want an error with %q", c.name, err, c.want)
 		}
 	}
+	// CertData as a ContentInfo (what `systemd-keyutil pkcs7` writes and
+	// mkosi-obs passes to sign-efi-sig-list -i) joins and verifies too.
+	ci, err := cms.AssembleNoAttr(pk.Cert, p.TBS, crypto.SHA256, mustSig(t, pk, p.TBS), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped, err := p.JoinPKCS7(ci)
+	if err != nil {
+		t.Fatalf("a ContentInfo CertData: %v", err)
+	}
+	if _, err := authvar.Verify(wrapped, "KEK", authvar.GlobalVariable, authvar.DefaultAttributes, trusted); err != nil {
+		t.Fatalf("a ContentInfo CertData: %v", err)
+	}
 	// A signature by another key is not joined.
 	other, err := authvar.Prepare(v, kek.Cert)
 	if err != nil {
@@ -79,6 +95,15 @@ func TestRefused(t *testing.T) {
 	if _, err := authvar.Prepare(&bad, pk.Cert); err == nil {
 		t.Error("a timestamp with a time zone was prepared")
 	}
+}
+
+func mustSig(t *testing.T, k *boottest.Key, tbs []byte) []byte {
+	t.Helper()
+	sig, err := keys.Sign(k.Signer, crypto.SHA256, tbs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sig
 }
 
 func TestGUID(t *testing.T) {
