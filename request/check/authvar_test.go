@@ -96,3 +96,19 @@ func TestUEFIAuthVar(t *testing.T) {
 		t.Errorf("a PK with two certificates: %v", err)
 	}
 }
+
+// FuzzUEFIAuthVar: any TBS, certificate bytes, time and attributes are
+// checked without a panic, and what is accepted is exactly the rebuild.
+func FuzzUEFIAuthVar(f *testing.F) {
+	f.Add([]byte("K\x00E\x00K\x00"), []byte{0x30, 0}, "2026-01-01 00:00:00", uint32(0x27), "KEK")
+	f.Add([]byte{}, []byte{}, "0000-00-00 00:00:00", uint32(0x67), "db")
+	f.Fuzz(func(t *testing.T, tbs, cert []byte, when string, attrs uint32, variable string) {
+		vendor, _ := authvar.VendorGUID(variable)
+		it := &request.Item{ID: "authvars/x.auth", Kind: request.KindUEFIAuthVar, Key: "k", Hash: "sha256", TBS: tbs,
+			AuthVar: &request.AuthVarContext{File: "x.auth", Variable: variable, VendorGUID: vendor.String(), Attributes: attrs,
+				Time: when, Owner: "00000000-0000-0000-0000-000000000000", Certificates: [][]byte{cert}}}
+		if Item(it) == nil && len(tbs) < 2*len(variable)+20+authvar.TimeSize {
+			t.Fatalf("accepted a %d-byte TBS", len(tbs))
+		}
+	})
+}
