@@ -25,6 +25,15 @@ import (
 //     by signet's trailer (ending in its length) are disjoint languages,
 //     no byte string is two of them, which is what lets the kernel keyring
 //     key sign verity and IPE, and one release key sign both manifests.
+//   - "uefi-authvar": uefi-authvar. It must not share a key with
+//     authenticode: firmware checks both with the same PKCS#7 verifier
+//     against certificates from the same stores (PK, KEK, db), and nothing
+//     in a PKCS#7 says which purpose it was made for. What keeps a db
+//     update from being an image signature, and an image key from
+//     rewriting db, is that the two are made by different keys: a KEK key
+//     that also signed images would make every image submitter a signer
+//     with the key that rules db, and a db key that also signed variable
+//     updates could, as the KEK of another machine, replace its db.
 var families = map[Kind]string{
 	KindAuthenticode:    "secure-boot",
 	KindPCRPolicy:       "tpm-policy",
@@ -32,6 +41,7 @@ var families = map[Kind]string{
 	KindIPEPolicy:       "content",
 	KindManifestPKCS7:   "content",
 	KindManifestOpenPGP: "content",
+	KindUEFIAuthVar:     "uefi-authvar",
 }
 
 // Family returns the family of kind k ("" for an unknown kind).

@@ -75,7 +75,7 @@ const (
 )
 
 // Kinds lists every kind, in the order documents present them.
-var Kinds = []Kind{KindAuthenticode, KindPCRPolicy, KindVerityRootHash, KindManifestOpenPGP, KindManifestPKCS7, KindIPEPolicy}
+var Kinds = []Kind{KindAuthenticode, KindPCRPolicy, KindVerityRootHash, KindManifestOpenPGP, KindManifestPKCS7, KindIPEPolicy, KindUEFIAuthVar}
 
 // Errors a caller may test for with errors.Is.
 var (
@@ -114,6 +114,7 @@ type Item struct {
 	Verity       *VerityContext       `json:"verity,omitempty"`
 	Manifest     *ManifestContext     `json:"manifest,omitempty"`
 	IPE          *IPEContext          `json:"ipe,omitempty"`
+	AuthVar      *AuthVarContext      `json:"authvar,omitempty"`
 }
 
 // AuthenticodeContext describes a PE file whose Authenticode signed
@@ -338,7 +339,7 @@ func (it *Item) Validate() error {
 		return wrap(invalid("tbs is empty"))
 	}
 	n := 0
-	for _, set := range []bool{it.Authenticode != nil, it.PCR != nil, it.Verity != nil, it.Manifest != nil, it.IPE != nil} {
+	for _, set := range []bool{it.Authenticode != nil, it.PCR != nil, it.Verity != nil, it.Manifest != nil, it.IPE != nil, it.AuthVar != nil} {
 		if set {
 			n++
 		}
@@ -400,6 +401,11 @@ func (it *Item) Validate() error {
 				err = checkName("ipe.version", it.IPE.Version)
 			}
 		}
+	case KindUEFIAuthVar:
+		ok = it.AuthVar != nil
+		if ok {
+			err = it.AuthVar.validate(it)
+		}
 	default:
 		return wrap(invalid("kind %q: not one of %v", it.Kind, Kinds))
 	}
@@ -424,6 +430,8 @@ func contextField(k Kind) string {
 		return "manifest"
 	case KindIPEPolicy:
 		return "ipe"
+	case KindUEFIAuthVar:
+		return "authvar"
 	}
 	return ""
 }

@@ -2,6 +2,7 @@ package request
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -52,6 +53,17 @@ func Summarize(w io.Writer, r *Request) error {
 			p("  manifest %s, %d files:\n", it.Manifest.File, len(it.Manifest.Entries))
 			for _, e := range it.Manifest.Entries {
 				p("    %s  %s\n", e.SHA256, e.Name)
+			}
+		case it.AuthVar != nil:
+			c := it.AuthVar
+			p("  UEFI authenticated variable %s (%s) for %s, time %s, attributes %#x, owner %s, %d certificates:\n", c.Variable, c.VendorGUID, c.File, c.Time, c.Attributes, c.Owner, len(c.Certificates))
+			for _, der := range c.Certificates {
+				if cert, err := x509.ParseCertificate(der); err == nil {
+					sum := sha256.Sum256(der)
+					p("    %s (sha256 %s)\n", cert.Subject, hex.EncodeToString(sum[:]))
+				} else {
+					p("    (not a certificate: %v)\n", err)
+				}
 			}
 		case it.IPE != nil:
 			p("  IPE policy %s, name %s, version %s, in full:\n", it.IPE.File, it.IPE.Name, it.IPE.Version)

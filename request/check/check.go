@@ -18,6 +18,9 @@
 //     OpenPGP v4 binary-document signature trailer for the item's hash.
 //   - ipe-policy: the TBS is an IPE policy whose header names the context's
 //     policy name and version.
+//   - uefi-authvar: the TBS is the authenticated variable update (name,
+//     vendor GUID, attributes, EFI_TIME, signature lists) rebuilt from the
+//     context.
 package check
 
 import (
@@ -57,6 +60,8 @@ func Item(it *request.Item) error {
 		return Manifest(it)
 	case request.KindIPEPolicy:
 		return IPEPolicy(it)
+	case request.KindUEFIAuthVar:
+		return UEFIAuthVar(it)
 	}
 	return refuse("kind %q is not known", it.Kind)
 }
