@@ -640,16 +640,21 @@ func (s *Store) Document(ctx context.Context, id string) (*Request, error) {
 
 // Approvals reads a request's approvals with their binding MACs.
 func (s *Store) Approvals(ctx context.Context, id string) ([]Approval, error) {
-	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT approver, binding FROM approvals WHERE request_id = ? ORDER BY created, approver`), id)
+	return s.bound(ctx, `SELECT approver, binding FROM approvals WHERE request_id = ? ORDER BY created, approver`, "approvals", id)
+}
+
+// bound reads (name, binding) rows of request id.
+func (s *Store) bound(ctx context.Context, query, what, id string) ([]Approval, error) {
+	rows, err := s.rdb.QueryContext(ctx, s.q(query), id)
 	if err != nil {
-		return nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+		return nil, fmt.Errorf("store: %s of %s: %w", what, id, err)
 	}
 	defer rows.Close()
 	var out []Approval
 	for rows.Next() {
 		var a Approval
 		if err := rows.Scan(&a.Approver, &a.Binding); err != nil {
-			return nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+			return nil, fmt.Errorf("store: %s of %s: %w", what, id, err)
 		}
 		out = append(out, a)
 	}
@@ -683,20 +688,7 @@ func (s *Store) AddSubmitter(ctx context.Context, id, client string, binding []b
 // Submitters reads the other clients that submitted request id, with
 // their binding MACs (in Approval's fields: Approver is the client).
 func (s *Store) Submitters(ctx context.Context, id string) ([]Approval, error) {
-	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT client, binding FROM submitters WHERE request_id = ? ORDER BY created, client`), id)
-	if err != nil {
-		return nil, fmt.Errorf("store: submitters of %s: %w", id, err)
-	}
-	defer rows.Close()
-	var out []Approval
-	for rows.Next() {
-		var a Approval
-		if err := rows.Scan(&a.Approver, &a.Binding); err != nil {
-			return nil, fmt.Errorf("store: submitters of %s: %w", id, err)
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return s.bound(ctx, `SELECT client, binding FROM submitters WHERE request_id = ? ORDER BY created, client`, "submitters", id)
 }
 
 // Refused is a claimed item the signer will not sign, with why and the
