@@ -1,0 +1,136 @@
+package mkosiobs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"signet.dev/authenticode"
+	"signet.dev/cms"
+	"signet.dev/request"
+	"signet.dev/request/check"
+)
+
+// mkosi-obs stages Authenticode members with `pesign -E`, whose signed
+// attributes commit to pesign's own SpcIndirectDataContent, which differs
+// from the one signet writes in two places: its data type is
+// 1.3.6.1.4.1.311.2.1.21 (SPC_INDIVIDUAL_SP_KEY_PURPOSE) where signet
+// writes SpcPeImageData (…2.1.15), and the SpcLink's obsolete file name is
+// empty (file [0] { [2] { [0] "" } }) where signet writes "<<<Obsolete>>>".
+// sbverify and firmware accept both (they read only the digest); the
+// signature must be over the bytes pesign will join (`pesign -I attrs -R
+// sig`), so such members are rebuilt with pesign's encoding.
+
+// PesignSpcIndirectData returns the DER SpcIndirectDataContent pesign
+// writes for a SHA-256 PE image digest.
+func PesignSpcIndirectData(digest []byte) ([]byte, error) {
+	if len(digest) != sha256.Size {
+		return nil, fmt.Errorf("%d-byte digest: pesign stages SHA-256 Authenticode only", len(digest))
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oidPesignDataType)
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1BitString(nil)
+				b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+					b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) {})
+					})
+				})
+			})
+		})
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1ObjectIdentifier(oidSHA256)
+				b.AddASN1NULL()
+			})
+			b.AddASN1OctetString(digest)
+		})
+	})
+	return b.Bytes()
+}
+
+var (
+	oidSHA256         = []int{2, 16, 840, 1, 101, 3, 4, 2, 1}
+	oidPesignDataType = []int{1, 3, 6, 1, 4, 1, 311, 2, 1, 21}
+)
+
+// pesignAttributes rebuilds the signed attributes `pesign -E` writes for
+// spc at the given signing time: SMIMECapabilities (empty), contentType
+// SpcIndirectDataContent, signingTime and messageDigest over the content
+// octets of spc, DER-sorted.
+func pesignAttributes(spc []byte, signingTime []byte) ([]byte, error) {
+	s := cryptobyte.String(spc)
+	var content cryptobyte.String
+	if !s.ReadASN1(&content, cbasn1.SEQUENCE) || !s.Empty() {
+		return nil, fmt.Errorf("SpcIndirectDataContent is not a DER SEQUENCE")
+	}
+	md := sha256.Sum256(content)
+	var ct, mdv cryptobyte.Builder
+	ct.AddASN1ObjectIdentifier(authenticode.OIDSpcIndirectData)
+	mdv.AddASN1OctetString(md[:])
+	return cms.MarshalAttributes([]cms.Attribute{
+		{Type: cms.OIDSMIMECaps, Values: []byte{0x30, 0x00}},
+		{Type: cms.OIDContentType, Values: ct.BytesOrPanic()},
+		{Type: cms.OIDSigningTime, Values: signingTime},
+		{Type: cms.OIDMessageDigest, Values: mdv.BytesOrPanic()},
+	})
+}
+
+// signingTimeValue returns the DER value of the signingTime attribute of
+// a signed attribute set.
+func signingTimeValue(der []byte) ([]byte, error) {
+	attrs, err := cms.ParseAttributes(der)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range attrs {
+		if a.Type.Equal(cms.OIDSigningTime) {
+			return a.Values, nil
+		}
+	}
+	return nil, fmt.Errorf("no signingTime attribute")
+}
+
+// Check is the check a member's item passes before it is signed:
+// check.Item, except for Authenticode items staged by pesign (their
+// context carries pesign's SpcIndirectDataContent), whose TBS must be
+// byte for byte the attributes pesign makes for the context's PE digest
+// at the TBS's own signing time.
+func Check(it *request.Item) error {
+	if err := it.Validate(); err != nil {
+		return err
+	}
+	c := it.Authenticode
+	if it.Kind != request.KindAuthenticode || c == nil {
+		return check.Item(it)
+	}
+	digest, err := hex.DecodeString(c.Digest)
+	if err != nil {
+		return fmt.Errorf("%w: context digest is not hex", check.ErrRefused)
+	}
+	spc, err := PesignSpcIndirectData(digest)
+	if err != nil || !bytes.Equal(spc, c.SpcIndirectData) || it.Hash != "sha256" {
+		return check.Item(it)
+	}
+	if _, err := authenticode.ParseSignedAttributes(it.TBS); err != nil {
+		return fmt.Errorf("%w: tbs: %v", check.ErrRefused, err)
+	}
+	t, err := signingTimeValue(it.TBS)
+	if err != nil {
+		return fmt.Errorf("%w: tbs: %v", check.ErrRefused, err)
+	}
+	want, err := pesignAttributes(spc, t)
+	if err != nil {
+		return fmt.Errorf("%w: %v", check.ErrRefused, err)
+	}
+	if !bytes.Equal(it.TBS, want) {
+		return fmt.Errorf("%w: tbs is not the signed attributes pesign makes for PE digest %s", check.ErrRefused, c.Digest)
+	}
+	return nil
+}
