@@ -24,7 +24,7 @@ import (
 // mkosi runs), a split root hash, and the hashes/ tree packed by GNU cpio
 // as mkosi.postoutput packs it. It returns the output directory, the
 // archive and the key.
-func round1(t *testing.T) (string, []byte, *testkeys.Key) {
+func round1(t *testing.T, ukifyArgs ...string) (string, []byte, *testkeys.Key) {
 	t.Helper()
 	testenv.Tool(t, "cpio")
 	dir := testenv.SidDir(t)
@@ -44,18 +44,25 @@ func round1(t *testing.T) (string, []byte, *testkeys.Key) {
 	write(dir+"/vmlinuz", bytes.Repeat([]byte("kernel"), 1000))
 	write(dir+"/initrd", []byte("070701 initrd"))
 	write(dir+"/osrel", []byte("ID=test\n"))
-	pcrs := testenv.Sid(t, "ukify", "build", "--linux", dir+"/vmlinuz", "--initrd", dir+"/initrd",
-		"--cmdline", "console=ttyS0", "--os-release", "@"+dir+"/osrel", "--uname", "6.1.0",
+	pcrs := testenv.Sid(t, "ukify", append([]string{"build", "--linux", dir + "/vmlinuz", "--initrd", dir + "/initrd",
+		"--cmdline", "console=ttyS0", "--os-release", "@" + dir + "/osrel", "--uname", "6.1.0",
 		"--policy-digest", "--pcr-banks", "sha256", "--pcr-certificate", k.CertPath, "--json=short",
-		"--output", out+"/img.efi")
+		"--output", out + "/img.efi"}, ukifyArgs...)...)
 	write(out+"/img.pcrs", pcrs)
-	var doc map[string][]struct{ Pol string }
+	var doc map[string][]struct{ Pol, TBS string }
 	if err := json.Unmarshal(pcrs, &doc); err != nil || len(doc["sha256"]) == 0 {
 		t.Fatalf("ukify --policy-digest output %q: %v", pcrs, err)
 	}
+	// Staged by tbs, falling back to pol, as mkosi-obs does since
+	// systemd/mkosi#4447 (before, by pol: the same bytes without a
+	// policy reference).
 	for _, e := range doc["sha256"] {
-		b, _ := hex.DecodeString(e.Pol)
-		write(hashes+"/pcrs/img.efi/"+e.Pol, b)
+		name := e.TBS
+		if name == "" {
+			name = e.Pol
+		}
+		b, _ := hex.DecodeString(name)
+		write(hashes+"/pcrs/img.efi/"+name, b)
 	}
 	rh := strings.Repeat("5a", 32)
 	write(out+"/img.roothash", []byte(rh))
@@ -150,6 +157,26 @@ func TestRound1(t *testing.T) {
 	if len(sig)%512 == 0 || !bytes.Contains(sig, []byte("TRAILER!!!")) {
 		t.Errorf("answer of %d bytes: want obs-sign's unpadded layout", len(sig))
 	}
+}
+
+// TestRound1PolicyRef: mkosi's SignInitrdPCRs= makes ukify 262 add a
+// policy bound to the reference "initrd" (64-byte tbs).
+func TestRound1PolicyRef(t *testing.T) {
+	out, data, k := round1(t, "--sign-initrd-pcrs")
+	sig, r := signArchive(t, out, data, k)
+	refs := 0
+	for _, it := range r.Items {
+		if it.PCR != nil && it.PCR.Ref == "initrd" {
+			refs++
+			if len(it.TBS) != 64 || it.PCR.Phase != "enter-initrd" {
+				t.Errorf("item %s: %d-byte tbs, phase %q", it.ID, len(it.TBS), it.PCR.Phase)
+			}
+		}
+	}
+	if refs != 1 || len(r.Items) != 6 {
+		t.Fatalf("%d items, %d with a policy reference; want 6 and 1", len(r.Items), refs)
+	}
+	verifyWithOpenSSL(t, data, sig, k, 6)
 }
 
 // TestRound2 signs the UKI's Authenticode attributes as pesign -E stages
