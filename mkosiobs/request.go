@@ -57,11 +57,18 @@ func Classify(m *Member) (Kind, error) {
 	parts := strings.Split(p, "/")
 	switch Kind(parts[0]) {
 	case KindPCR:
-		if len(parts) == 3 {
+		if len(parts) >= 3 {
 			return KindPCR, nil
 		}
 		return "", refuse(m, "want pcrs/<uki>/<hex policy digest>")
-	case KindUKI, KindKernel, KindRootHash, KindAuthVar:
+	case KindUKI, KindKernel:
+		// mkosi stages every *.efi and vmlinu* under its output
+		// directory by its path there.
+		if len(parts) >= 2 {
+			return Kind(parts[0]), nil
+		}
+		return "", refuse(m, "want %s/<file>", parts[0])
+	case KindRootHash, KindAuthVar:
 		if len(parts) != 2 {
 			return "", refuse(m, "want %s/<file>", parts[0])
 		}
@@ -136,16 +143,17 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 	return r, nil
 }
 
-// local resolves a file name of the output directory.
+// local resolves a relative file name of the output directory (Classify
+// has made sure member paths are clean and relative).
 func local(m *Member, dir, name string) (string, error) {
-	if !filepath.IsLocal(name) || strings.ContainsRune(name, '/') {
-		return "", refuse(m, "%q is not a file name of the output directory", name)
+	if !filepath.IsLocal(name) {
+		return "", refuse(m, "%q is not a file of the output directory", name)
 	}
 	return filepath.Join(dir, name), nil
 }
 
 func authenticodeItem(m *Member, dir string, it *request.Item) error {
-	name := path.Base(m.Path)
+	_, name, _ := strings.Cut(m.Path, "/")
 	p, err := local(m, dir, name)
 	if err != nil {
 		return err
@@ -308,7 +316,7 @@ func loadUKI(m *Member, dir, name string) *ukiPolicies {
 
 func pcrItem(m *Member, dir string, ukis map[string]*ukiPolicies, it *request.Item) error {
 	parts := strings.Split(m.Path, "/")
-	name, hexName := parts[1], parts[2]
+	name, hexName := strings.Join(parts[1:len(parts)-1], "/"), parts[len(parts)-1]
 	if got := hex.EncodeToString(m.Data); strings.ToLower(hexName) != got {
 		return refuse(m, "holds %d bytes that are not the policy %s its name says", len(m.Data), hexName)
 	}
