@@ -181,20 +181,34 @@ func TestRound1PolicyRef(t *testing.T) {
 
 // TestRound2 signs the UKI's Authenticode attributes as pesign -E stages
 // them, then joins the signature with pesign -I -R and checks the result
-// with sbverify.
+// with sbverify: with Debian 12's pesign 0.112 and with sid's pesign 117,
+// which encode SpcIndirectDataContent differently.
 func TestRound2(t *testing.T) {
+	t.Run("pesign-0.112", func(t *testing.T) {
+		testenv.Tool(t, "pesign")
+		testenv.Tool(t, "certutil")
+		round2(t, func(name string, args ...string) { testenv.Run(t, name, args...) })
+	})
+	t.Run("pesign-sid", func(t *testing.T) {
+		round2(t, func(name string, args ...string) { testenv.Sid(t, name, args...) })
+	})
+}
+
+func round2(t *testing.T, run func(name string, args ...string)) {
 	out, _, k := round1(t)
-	testenv.Tool(t, "pesign")
-	testenv.Tool(t, "certutil")
 	testenv.Tool(t, "sbverify")
-	nss := t.TempDir()
-	testenv.Run(t, "certutil", "-N", "-d", "sql:"+nss, "--empty-password")
-	testenv.Run(t, "certutil", "-A", "-d", "sql:"+nss, "-n", "cert", "-t", "CT,CT,CT", "-i", k.CertPath)
-	hashes := t.TempDir()
-	if err := os.MkdirAll(hashes+"/ukis", 0o755); err != nil {
-		t.Fatal(err)
+	work := testenv.SidDir(t)
+	nss := work + "/nss"
+	hashes := work + "/hashes"
+	for _, d := range []string{nss, hashes + "/ukis"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	testenv.Run(t, "pesign", "--force", "-n", "sql:"+nss, "-c", "cert", "-i", out+"/img.efi", "-E", hashes+"/ukis/img.efi", "-d", "sha256")
+	run("certutil", "-N", "-d", "sql:"+nss, "--empty-password")
+	run("certutil", "-A", "-d", "sql:"+nss, "-n", "cert", "-t", "CT,CT,CT", "-i", k.CertPath)
+	// mkosi.postoutput: pesign --force -n sql:nss-db -i UKI -E hashes/ukis/UKI
+	run("pesign", "--force", "-n", "sql:"+nss, "-i", out+"/img.efi", "-E", hashes+"/ukis/img.efi")
 	data := cpioPack(t, hashes)
 	sig, _ := signArchive(t, out, data, k)
 	verifyWithOpenSSL(t, data, sig, k, 1)
@@ -210,8 +224,9 @@ func TestRound2(t *testing.T) {
 	if err := os.WriteFile(sigFile, a.Members[0].Data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	signed := filepath.Join(t.TempDir(), "img.efi")
-	testenv.Run(t, "pesign", "-n", "sql:"+nss, "--force", "-c", "cert", "-i", out+"/img.efi", "-o", signed, "-d", "sha256", "-I", hashes+"/ukis/img.efi", "-R", sigFile)
+	// mkosi.build: pesign … -c cert -i UKI -o OUT -d sha256 -I attrs -R sig
+	signed := filepath.Join(work, "img.efi")
+	run("pesign", "-n", "sql:"+nss, "--force", "-c", "cert", "-i", out+"/img.efi", "-o", signed, "-d", "sha256", "-I", hashes+"/ukis/img.efi", "-R", sigFile)
 	testenv.Contains(t, testenv.Run(t, "sbverify", "--cert", k.CertPath, signed), "Signature verification OK")
 }
 

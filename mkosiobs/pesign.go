@@ -16,27 +16,50 @@ import (
 )
 
 // mkosi-obs stages Authenticode members with `pesign -E`, whose signed
-// attributes commit to pesign's own SpcIndirectDataContent, which differs
-// from the one signet writes in two places: its data type is
-// 1.3.6.1.4.1.311.2.1.21 (SPC_INDIVIDUAL_SP_KEY_PURPOSE) where signet
-// writes SpcPeImageData (…2.1.15), and the SpcLink's obsolete file name is
-// empty (file [0] { [2] { [0] "" } }) where signet writes "<<<Obsolete>>>".
-// sbverify and firmware accept both (they read only the digest); the
+// attributes commit to pesign's own SpcIndirectDataContent, not the one
+// signet writes (SpcPeImageData with an empty flags BIT STRING and the
+// obsolete link "<<<Obsolete>>>"). pesign's encodings seen in use:
+//
+//   - pesign 116 and later (Debian sid's 117): data type SpcPeImageData
+//     (1.3.6.1.4.1.311.2.1.15), flags as a zero-length BIT STRING (03 00,
+//     without the unused-bits octet), an empty obsolete link
+//     (file [0] { [2] { [0] "" } });
+//   - pesign 0.112 (Debian 12): data type 1.3.6.1.4.1.311.2.1.21
+//     (SPC_INDIVIDUAL_SP_KEY_PURPOSE), flags 03 01 00, an empty link.
+//
+// sbverify and firmware accept all of them (they read only the digest); the
 // signature must be over the bytes pesign will join (`pesign -I attrs -R
 // sig`), so such members are rebuilt with pesign's encoding.
 
+// PesignVariant is one of the SpcIndirectDataContent encodings pesign
+// writes.
+type PesignVariant int
+
+// The pesign encodings.
+const (
+	Pesign116 PesignVariant = iota // pesign 116 and later
+	Pesign112                      // pesign 0.112
+)
+
+// PesignVariants lists every pesign encoding, newest first.
+var PesignVariants = []PesignVariant{Pesign116, Pesign112}
+
 // PesignSpcIndirectData returns the DER SpcIndirectDataContent pesign
 // writes for a SHA-256 PE image digest.
-func PesignSpcIndirectData(digest []byte) ([]byte, error) {
+func PesignSpcIndirectData(v PesignVariant, digest []byte) ([]byte, error) {
 	if len(digest) != sha256.Size {
 		return nil, fmt.Errorf("%d-byte digest: pesign stages SHA-256 Authenticode only", len(digest))
+	}
+	oid, flags := oidSpcPEImageData, []byte{0x03, 0x00}
+	if v == Pesign112 {
+		oid, flags = oidPesign112DataType, []byte{0x03, 0x01, 0x00}
 	}
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1ObjectIdentifier(oidPesignDataType)
+			b.AddASN1ObjectIdentifier(oid)
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1BitString(nil)
+				b.AddBytes(flags)
 				b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 					b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) {})
@@ -56,8 +79,9 @@ func PesignSpcIndirectData(digest []byte) ([]byte, error) {
 }
 
 var (
-	oidSHA256         = []int{2, 16, 840, 1, 101, 3, 4, 2, 1}
-	oidPesignDataType = []int{1, 3, 6, 1, 4, 1, 311, 2, 1, 21}
+	oidSHA256            = []int{2, 16, 840, 1, 101, 3, 4, 2, 1}
+	oidSpcPEImageData    = []int{1, 3, 6, 1, 4, 1, 311, 2, 1, 15}
+	oidPesign112DataType = []int{1, 3, 6, 1, 4, 1, 311, 2, 1, 21}
 )
 
 // pesignAttributes rebuilds the signed attributes `pesign -E` writes for
@@ -114,8 +138,13 @@ func Check(it *request.Item) error {
 	if err != nil {
 		return fmt.Errorf("%w: context digest is not hex", check.ErrRefused)
 	}
-	spc, err := PesignSpcIndirectData(digest)
-	if err != nil || !bytes.Equal(spc, c.SpcIndirectData) || it.Hash != "sha256" {
+	var spc []byte
+	for _, v := range PesignVariants {
+		if b, err := PesignSpcIndirectData(v, digest); err == nil && bytes.Equal(b, c.SpcIndirectData) {
+			spc = b
+		}
+	}
+	if spc == nil || it.Hash != "sha256" {
 		return check.Item(it)
 	}
 	if _, err := authenticode.ParseSignedAttributes(it.TBS); err != nil {

@@ -181,8 +181,12 @@ func authenticodeItem(m *Member, dir string, it *request.Item) error {
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}
-	if ps, err := PesignSpcIndirectData(d); err == nil {
-		if t, err := signingTimeValue(m.Data); err == nil {
+	if t, err := signingTimeValue(m.Data); err == nil {
+		for _, v := range PesignVariants {
+			ps, err := PesignSpcIndirectData(v, d)
+			if err != nil {
+				continue
+			}
 			if want, err := pesignAttributes(ps, t); err == nil && bytes.Equal(want, m.Data) {
 				spc = ps
 			}
