@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -43,35 +44,18 @@ func readMkosiArchive(path string) (*mkosiobs.Archive, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(&limitedReader{f, maxArchive + 1}); err != nil {
+	data, err := io.ReadAll(io.LimitReader(f, maxArchive+1))
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if buf.Len() > maxArchive {
+	if len(data) > maxArchive {
 		return nil, fmt.Errorf("%s: over %d bytes: not a mkosi-obs archive", path, maxArchive)
 	}
-	a, err := mkosiobs.ReadArchive(buf.Bytes())
+	a, err := mkosiobs.ReadArchive(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return a, nil
-}
-
-type limitedReader struct {
-	f interface{ Read([]byte) (int, error) }
-	n int64
-}
-
-func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, errors.New("input too large")
-	}
-	if int64(len(p)) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.f.Read(p)
-	l.n -= int64(n)
-	return n, err
 }
 
 // requireRSA refuses a certificate OBS's format cannot carry: obs-sign

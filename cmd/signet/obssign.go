@@ -440,8 +440,10 @@ func signObs(c *obsSignConfig, k *obsSignKey, cert *x509.Certificate, r *request
 	defer cancel()
 	st, err := cl.Submit(ctx, data)
 	if err != nil {
-		// The service refusing a request is final; not reaching it is not.
-		if strings.Contains(err.Error(), "422") || strings.Contains(err.Error(), "refused:") {
+		// The service refusing a request (4xx) is final; not reaching it,
+		// or its own trouble (5xx), is worth a retry.
+		var ce *client.Error
+		if errors.As(err, &ce) && ce.Status/100 == 4 {
 			return nil, &fatalError{err}
 		}
 		return nil, err
