@@ -48,6 +48,8 @@ type Member struct {
 	Path   string
 	Header Header
 	Data   []byte
+
+	raw []byte // the header as read, written back with two fields changed
 }
 
 // Archive is a parsed hashes.cpio.rsasign: its regular files in order,
@@ -55,6 +57,8 @@ type Member struct {
 type Archive struct {
 	Members []Member
 	Trailer Header
+
+	trailerRaw []byte
 }
 
 // ReadArchive parses a newc cpio archive. Only regular files are kept;
@@ -105,7 +109,7 @@ func ReadArchive(data []byte) (*Archive, error) {
 			return nil, fmt.Errorf("cpio: member %q: truncated data", name)
 		}
 		if name == trailer {
-			a.Trailer = hdr
+			a.Trailer, a.trailerRaw = hdr, h
 			return a, nil
 		}
 		if (hdr.Mode>>12)&0xf == 0o10 {
@@ -114,7 +118,7 @@ func ReadArchive(data []byte) (*Archive, error) {
 				return nil, fmt.Errorf("cpio: member %q appears twice", name)
 			}
 			seen[p] = true
-			a.Members = append(a.Members, Member{Name: name, Path: p, Header: hdr, Data: data[dataStart:dataEnd:dataEnd]})
+			a.Members = append(a.Members, Member{Name: name, Path: p, Header: hdr, Data: data[dataStart:dataEnd:dataEnd], raw: h})
 		}
 		off = align4(dataEnd)
 	}
@@ -123,10 +127,11 @@ func ReadArchive(data []byte) (*Archive, error) {
 func align4(n int) int { return (n + 3) &^ 3 }
 
 // WriteSignatures writes the answer archive in obs-sign's layout: for each
-// member, in order, its header copied with only the name size and file
-// size changed (both in upper-case hex), the name <Name>.sig and the
-// signature, padded to 4; then the input's trailer header; no block
-// padding. sigs is indexed by member Path and must answer every member.
+// member, in order, its header copied byte for byte with only the file
+// size and name size rewritten (in upper-case hex), the name <Name>.sig
+// and the signature, padded to 4; then the input's trailer header; no
+// block padding. sigs is indexed by member Path and must answer every
+// member. Members not read by ReadArchive get their Header encoded.
 func WriteSignatures(w io.Writer, a *Archive, sigs map[string][]byte) error {
 	var buf bytes.Buffer
 	for _, m := range a.Members {
@@ -134,22 +139,33 @@ func WriteSignatures(w io.Writer, a *Archive, sigs map[string][]byte) error {
 		if !ok || len(sig) == 0 {
 			return fmt.Errorf("member %q: no signature", m.Name)
 		}
-		writeEntry(&buf, m.Header, m.Name+".sig", sig)
+		writeEntry(&buf, m.raw, m.Header, m.Name+".sig", sig)
 	}
-	t := a.Trailer
-	t.Size = 0
-	writeEntry(&buf, t, trailer, nil)
+	writeEntry(&buf, a.trailerRaw, a.Trailer, trailer, nil)
 	_, err := w.Write(buf.Bytes())
 	return err
 }
 
-func writeEntry(b *bytes.Buffer, h Header, name string, data []byte) {
-	f := []uint32{h.Ino, h.Mode, h.UID, h.GID, h.Nlink, h.Mtime, uint32(len(data)),
-		h.DevMajor, h.DevMinor, h.RdevMajor, h.RdevMinor, uint32(len(name) + 1), h.Check}
-	b.WriteString("070701")
-	for _, v := range f {
-		fmt.Fprintf(b, "%08X", v)
+// Offsets of the newc header fields that change.
+const (
+	offFileSize = 6 + 8*6
+	offNameSize = 6 + 8*11
+)
+
+func writeEntry(b *bytes.Buffer, raw []byte, h Header, name string, data []byte) {
+	hdr := make([]byte, 0, headerLen)
+	if len(raw) == headerLen {
+		hdr = append(hdr, raw...)
+	} else {
+		hdr = append(hdr, "070701"...)
+		for _, v := range []uint32{h.Ino, h.Mode, h.UID, h.GID, h.Nlink, h.Mtime, 0,
+			h.DevMajor, h.DevMinor, h.RdevMajor, h.RdevMinor, 0, h.Check} {
+			hdr = fmt.Appendf(hdr, "%08X", v)
+		}
 	}
+	copy(hdr[offFileSize:], fmt.Sprintf("%08X", len(data)))
+	copy(hdr[offNameSize:], fmt.Sprintf("%08X", len(name)+1))
+	b.Write(hdr)
 	b.WriteString(name)
 	b.WriteByte(0)
 	pad(b)

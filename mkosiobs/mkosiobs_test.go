@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -423,5 +424,13 @@ func TestMkosiFixture(t *testing.T) {
 	g.Size, h.Size = 0, 0
 	if h != g || out.Trailer != in.Trailer {
 		t.Fatalf("header %+v, want %+v", g, h)
+	}
+	// Byte for byte: the input's header text with the file size and name
+	// size fields (offsets 54 and 94) replaced.
+	want := append([]byte(nil), data[:110]...)
+	copy(want[54:], fmt.Sprintf("%08X", len(out.Members[0].Data)))
+	copy(want[94:], fmt.Sprintf("%08X", len(out.Members[0].Name)+1))
+	if !bytes.Equal(sig[:110], want) {
+		t.Fatalf("answer header %q, want %q", sig[:110], want)
 	}
 }
