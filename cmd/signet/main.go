@@ -4,7 +4,8 @@
 // or offline through signing requests.
 //
 // Invoked through a symlink named systemd-sbsign or systemd-measure, it
-// behaves as that tool.
+// behaves as that tool; named sign, as the part of obs-sign's client that
+// the Open Build Service runs (see obssign.go).
 package main
 
 import (
@@ -61,6 +62,14 @@ func main() {
 func run(argv []string) int {
 	name := filepath.Base(argv[0])
 	args := argv[1:]
+	// obs-sign's getopt-style command line (-h is its hash option) is
+	// parsed by hand.
+	if name == "sign" {
+		return obsSignMain(args, os.Stdout, os.Stderr)
+	}
+	if len(args) > 0 && args[0] == "obs-sign" {
+		return obsSignMain(args[1:], os.Stdout, os.Stderr)
+	}
 	if verb, ok := multiCall[name]; ok {
 		args = append([]string{verb}, args...)
 	} else {

@@ -16,6 +16,7 @@ func TestMain(m *testing.M) {
 		"signet":          func() { os.Exit(run(os.Args)) },
 		"systemd-sbsign":  func() { os.Exit(run(os.Args)) },
 		"systemd-measure": func() { os.Exit(run(os.Args)) },
+		"sign":            func() { os.Exit(run(os.Args)) },
 	})
 }
 
