@@ -18,6 +18,7 @@ import (
 	"signet.dev/internal/testkeys"
 	"signet.dev/mkosiobs"
 	"signet.dev/request"
+	"signet.dev/request/check"
 )
 
 // round1 makes what mkosi-obs's first round leaves in OBS's OTHER/: a UKI
@@ -99,7 +100,7 @@ func signArchive(t *testing.T, out string, data []byte, k *testkeys.Key) ([]byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := request.Sign(r, keyOf(k), mkosiobs.Check)
+	resp, err := request.Sign(r, keyOf(k), check.Item)
 	if err != nil {
 		t.Fatal(err)
 	}

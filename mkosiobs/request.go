@@ -14,6 +14,7 @@ import (
 	"signet.dev/authenticode"
 	"signet.dev/measure"
 	"signet.dev/request"
+	"signet.dev/request/check"
 	"signet.dev/uki"
 )
 
@@ -132,7 +133,7 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := Check(&it); err != nil {
+		if err := check.Item(&it); err != nil {
 			return nil, refuse(m, "%v", err)
 		}
 		r.Items = append(r.Items, it)
@@ -181,14 +182,15 @@ func authenticodeItem(m *Member, dir string, it *request.Item) error {
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}
-	if t, err := signingTimeValue(m.Data); err == nil {
-		for _, v := range PesignVariants {
-			ps, err := PesignSpcIndirectData(v, d)
+	if a, err := authenticode.ParseSignedAttributes(m.Data); err == nil {
+		for _, e := range authenticode.Encodings {
+			ps, err := authenticode.SpcIndirectDataContentAs(e, authenticode.Hash, d)
 			if err != nil {
 				continue
 			}
-			if want, err := pesignAttributes(ps, t); err == nil && bytes.Equal(want, m.Data) {
+			if want, err := authenticode.SignedAttributesFor(ps, a.SigningTime); err == nil && bytes.Equal(want, m.Data) {
 				spc = ps
+				break
 			}
 		}
 	}

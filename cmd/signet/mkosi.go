@@ -17,6 +17,7 @@ import (
 	"signet.dev/keys"
 	"signet.dev/mkosiobs"
 	"signet.dev/request"
+	"signet.dev/request/check"
 	"signet.dev/server/api"
 	"signet.dev/server/client"
 )
@@ -172,7 +173,7 @@ func signMkosiLocal(r *request.Request, name, keyRef, certRef string) (*request.
 		return nil, fmt.Errorf("%s and %s: %w", keys.Redact(keyRef), keys.Redact(certRef), err)
 	}
 	named := map[string]request.Key{name: {Signer: s, Certificate: cert, Chain: chain, Kinds: request.Kinds}}
-	return request.Sign(r, named, mkosiobs.Check)
+	return request.Sign(r, named, check.Item)
 }
 
 // signMkosiServer submits r to the service, waits for its approvals and

@@ -483,7 +483,7 @@ func obsBulkCPIO(c *obsSignConfig, k *obsSignKey, cert *x509.Certificate, file s
 	if err != nil {
 		return fatalf("%s: %v", file, err)
 	}
-	resp, err := signObs(c, k, cert, r, mkosiobs.Check)
+	resp, err := signObs(c, k, cert, r, check.Item)
 	if err != nil {
 		return err
 	}

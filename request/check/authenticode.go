@@ -9,10 +9,12 @@ import (
 )
 
 // Authenticode checks an Authenticode item by rebuilding it: the context's
-// SpcIndirectDataContent must be byte for byte the one package authenticode
-// makes for the context's PE digest, and the TBS byte for byte the signed
-// attributes it makes for that structure and the TBS's own signingTime
-// (what `systemd-sbsign --prepare-offline-signing` writes). Nothing of the
+// SpcIndirectDataContent must be byte for byte one that package
+// authenticode makes for the context's PE digest (signet's and
+// systemd-sbsign's encoding, or pesign's, which mkosi's OBS flow stages),
+// and the TBS byte for byte the signed attributes it makes for that
+// structure and the TBS's own signingTime (what `systemd-sbsign
+// --prepare-offline-signing` and `pesign -E` write). Nothing of the
 // client's bytes is interpreted beyond the signing time: firmware takes the
 // image digest from the end of the SpcIndirectDataContent, not from where a
 // DER reader finds it, so only the canonical encoding is safe to sign.
@@ -25,12 +27,23 @@ func Authenticode(it *request.Item) error {
 	if err != nil {
 		return refuse("context digest %q is not hex", c.Digest)
 	}
-	spc, err := authenticode.SpcIndirectDataContent(authenticode.Hash, digest)
-	if err != nil {
-		return refuse("%v", err)
+	// The context names one of the known encodings, each rebuilt from the
+	// digest alone.
+	var spc []byte
+	enc := authenticode.EncodingSignet
+	for _, e := range authenticode.Encodings {
+		b, err := authenticode.SpcIndirectDataContentAs(e, authenticode.Hash, digest)
+		if err == nil && bytes.Equal(b, c.SpcIndirectData) {
+			spc, enc = b, e
+			break
+		}
 	}
-	if !bytes.Equal(c.SpcIndirectData, spc) {
-		return refuse("context spcIndirectData is not the canonical SpcIndirectDataContent for PE digest %s: %s", c.Digest, firstDiff(c.SpcIndirectData, spc))
+	if spc == nil {
+		want, err := authenticode.SpcIndirectDataContent(authenticode.Hash, digest)
+		if err != nil {
+			return refuse("%v", err)
+		}
+		return refuse("context spcIndirectData is not the canonical SpcIndirectDataContent for PE digest %s in any known encoding: %s", c.Digest, firstDiff(c.SpcIndirectData, want))
 	}
 	attrs, err := authenticode.ParseSignedAttributes(it.TBS)
 	if err != nil {
@@ -39,13 +52,13 @@ func Authenticode(it *request.Item) error {
 	if attrs.SigningTime.IsZero() {
 		return refuse("tbs has no signingTime attribute")
 	}
-	want, err := authenticode.PrepareDigest(digest, attrs.SigningTime)
+	want, err := authenticode.SignedAttributesFor(spc, attrs.SigningTime)
 	if err != nil {
 		return refuse("%v", err)
 	}
-	if !bytes.Equal(it.TBS, want.SignedAttributes) {
-		return refuse("tbs is not the canonical signed attributes for PE digest %s at %s: %s",
-			c.Digest, attrs.SigningTime.Format("2006-01-02T15:04:05Z"), firstDiff(it.TBS, want.SignedAttributes))
+	if !bytes.Equal(it.TBS, want) {
+		return refuse("tbs is not the canonical signed attributes for PE digest %s (%v) at %s: %s",
+			c.Digest, enc, attrs.SigningTime.Format("2006-01-02T15:04:05Z"), firstDiff(it.TBS, want))
 	}
 	return nil
 }

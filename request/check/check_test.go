@@ -116,6 +116,25 @@ func TestAuthenticode(t *testing.T) {
 	if got := edk2Digest(t, spc); !bytes.Equal(got, digest) {
 		t.Fatalf("EDK2 would compare %x, the item shows %x", got, digest)
 	}
+	// pesign's encodings (mkosi's OBS flow stages them) are rebuilt too.
+	for _, enc := range authenticode.Encodings[1:] {
+		other, err := authenticode.SpcIndirectDataContentAs(enc, authenticode.Hash, digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs, _ := authenticode.SignedAttributesFor(other, prep.SigningTime)
+		pit := *it
+		pit.TBS = attrs
+		pit.Authenticode = &request.AuthenticodeContext{File: "vmlinuz", Digest: string(m[1]), SpcIndirectData: other}
+		if err := Item(&pit); err != nil {
+			t.Fatalf("%v: %v", enc, err)
+		}
+		if got := edk2Digest(t, other); !bytes.Equal(got, digest) {
+			t.Fatalf("%v: EDK2 would compare %x", enc, got)
+		}
+		pit.TBS = prep.SignedAttributes // attributes for another encoding
+		refused(t, enc.String()+" with signet's attributes", &pit)
+	}
 
 	bad := *it
 	ac := *it.Authenticode
@@ -235,6 +254,11 @@ func FuzzAuthenticodeEDK2(f *testing.F) {
 	prep, _ := authenticode.PrepareDigest(d[:], time.Unix(1700000000, 0))
 	f.Add(spc, prep.SignedAttributes)
 	f.Add(hiddenPayload(f, spc, make([]byte, 32)), prep.SignedAttributes)
+	for _, e := range authenticode.Encodings {
+		other, _ := authenticode.SpcIndirectDataContentAs(e, authenticode.Hash, d[:])
+		attrs, _ := authenticode.SignedAttributesFor(other, time.Unix(1700000000, 0))
+		f.Add(other, attrs)
+	}
 	f.Fuzz(func(t *testing.T, spc, tbs []byte) {
 		it := &request.Item{ID: "a", Kind: request.KindAuthenticode, Key: "k", Hash: "sha256", TBS: tbs,
 			Authenticode: &request.AuthenticodeContext{File: "f", Digest: hex.EncodeToString(d[:]), SpcIndirectData: spc}}
