@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestChain boots a full systemd guest (sid kernel, dracut initrd, erofs
@@ -81,8 +82,10 @@ func TestChain(t *testing.T) {
 		if h != rootHash {
 			t.Fatalf("%s: root hash %s, the first pass gave %s", img, h, rootHash)
 		}
+		// A full systemd boot takes about a minute under TCG alone and
+		// five with three other QEMUs on the two cores: a wide bound.
 		return Boot(t, Machine{Name: name, Dir: dir, Vars: vars, ESP: img, Disks: []string{luks}, TPMState: tpmState,
-			Stop: []string{"Access denied", GuestDone, "Root hash verification failed"}})
+			Timeout: 15 * time.Minute, Stop: []string{"Access denied", GuestDone, "Root hash verification failed"}})
 	}
 
 	var first *Console
