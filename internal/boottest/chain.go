@@ -147,34 +147,33 @@ func OfflineGuestUKI(t testing.TB, dir, name string, g *Guest, cmdline string, p
 	return out
 }
 
-var entryRE = regexp.MustCompile(`"pol":"([0-9a-f]{64})","sig":"([A-Za-z0-9+/=]+)"`)
+// entryRE matches a .pcrsig entry's pol and sig, compact or with the
+// spaces of Python's json.dumps (the layout ukify embeds).
+var entryRE = regexp.MustCompile(`"pol":\s*"([0-9a-f]{64})",\s*"sig":\s*"([A-Za-z0-9+/=]+)"`)
 
 // ForgePCRSig copies the UKI at in to out with every signature of its
 // .pcrsig replaced, in place, by one that other made over the same pol: the
 // pkfp still names the key in .pcrpkey, so only the TPM's
-// TPM2_VerifySignature can tell. It fails the test when the section does not
-// hold the compact entries signet writes.
+// TPM2_VerifySignature can tell. It fails the test when no entry is found.
 func ForgePCRSig(t testing.TB, in, out string, other *Key) string {
 	t.Helper()
 	b := ReadFile(t, in)
-	n := 0
-	b = entryRE.ReplaceAllFunc(b, func(m []byte) []byte {
-		s := entryRE.FindSubmatch(m)
-		pol, _ := hex.DecodeString(string(s[1]))
+	ms := entryRE.FindAllSubmatchIndex(b, -1)
+	if len(ms) == 0 {
+		t.Fatalf("%s: no pol/sig entries found to forge", in)
+	}
+	for _, m := range ms {
+		pol, _ := hex.DecodeString(string(b[m[2]:m[3]]))
 		sum := sha256.Sum256(pol)
 		sig, err := rsa.SignPKCS1v15(nil, other.Signer, crypto.SHA256, sum[:])
 		if err != nil {
 			t.Fatal(err)
 		}
 		forged := base64.StdEncoding.EncodeToString(sig)
-		if len(forged) != len(s[2]) {
-			t.Fatalf("forged signature has %d base64 bytes, the original %d", len(forged), len(s[2]))
+		if len(forged) != m[5]-m[4] {
+			t.Fatalf("forged signature has %d base64 bytes, the original %d", len(forged), m[5]-m[4])
 		}
-		n++
-		return []byte(`"pol":"` + string(s[1]) + `","sig":"` + forged + `"`)
-	})
-	if n == 0 {
-		t.Fatalf("%s: no pol/sig entries found to forge", in)
+		copy(b[m[4]:m[5]], forged)
 	}
 	if err := os.WriteFile(out, b, 0o644); err != nil {
 		t.Fatal(err)
