@@ -26,9 +26,9 @@ var (
 	signetErr  error
 )
 
-// Signet returns a signet binary built from this repository (once per test
-// binary, into a temporary directory removed by the caller's cleanup of
-// $TMPDIR; the chain test drives the CLI as a build does).
+// Signet returns a signet binary built from this repository, once per test
+// binary, into a temporary directory that RemoveSignet deletes (the chain
+// test drives the CLI as a build does).
 func Signet(t testing.TB) string {
 	t.Helper()
 	signetOnce.Do(func() {
@@ -47,6 +47,14 @@ func Signet(t testing.TB) string {
 		t.Fatal(signetErr)
 	}
 	return signetPath
+}
+
+// RemoveSignet deletes the binary Signet built, if any; call it from
+// TestMain after the tests.
+func RemoveSignet() {
+	if signetPath != "" {
+		os.RemoveAll(filepath.Dir(signetPath))
+	}
 }
 
 // RunSignet runs the signet CLI and returns its standard output, failing
