@@ -72,6 +72,11 @@ func TestEditedRowsRefused(t *testing.T) {
 				}
 			})
 			sqlDriver := map[string]string{"sqlite": "sqlite", "postgres": "pgx"}[driver]
+			if driver == "sqlite" {
+				// The service holds SQLite's writer lock while it commits:
+				// wait for it as the service's own connections do.
+				dsn = "file:" + dsn + "?_pragma=busy_timeout(10000)"
+			}
 			db, err := sql.Open(sqlDriver, dsn)
 			if err != nil {
 				t.Fatal(err)
