@@ -68,6 +68,13 @@ func SpcIndirectDataContentAs(e Encoding, h crypto.Hash, digest []byte) ([]byte,
 	default:
 		return nil, fmt.Errorf("authenticode: unknown %v", e)
 	}
+	return spcTemplate(oid, flags, nil, h, digest)
+}
+
+// spcTemplate is the SpcIndirectDataContent every encoding shares: data
+// type oid with SpcPeImageData { flags (DER given whole), file [0] { [2]
+// { [0] link } } }, then the DigestInfo, which the structure ends with.
+func spcTemplate(oid asn1.ObjectIdentifier, flags, link []byte, h crypto.Hash, digest []byte) ([]byte, error) {
 	hashOID, err := cms.HashOID(h)
 	if err != nil {
 		return nil, err
@@ -80,7 +87,7 @@ func SpcIndirectDataContentAs(e Encoding, h crypto.Hash, digest []byte) ([]byte,
 				b.AddBytes(flags)
 				b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 					b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) {})
+						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(link) })
 					})
 				})
 			})

@@ -64,35 +64,14 @@ var obsolete = func() []byte {
 //	                                   file [0] { [2] { [0] "<<<Obsolete>>>" } } } }
 //	    messageDigest DigestInfo { algorithm, digest } }
 func SpcIndirectDataContent(h crypto.Hash, digest []byte) ([]byte, error) {
-	oid, err := cms.HashOID(h)
-	if err != nil {
-		return nil, err
+	if _, err := cms.HashOID(h); err != nil {
+		return nil, err // before h.Size, which panics for an unknown hash
 	}
 	if len(digest) != h.Size() {
 		return nil, fmt.Errorf("authenticode: %d-byte digest for %v", len(digest), h)
 	}
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1ObjectIdentifier(OIDSpcPEImageData)
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1BitString(nil)
-				b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(obsolete) })
-					})
-				})
-			})
-		})
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oid)
-				b.AddASN1NULL()
-			})
-			b.AddASN1OctetString(digest)
-		})
-	})
-	return b.Bytes()
+	// flags: an empty BIT STRING with its unused-bits octet.
+	return spcTemplate(OIDSpcPEImageData, []byte{0x03, 0x01, 0x00}, obsolete, h, digest)
 }
 
 // contentOctets strips the outer tag and length of a DER element: the
