@@ -284,6 +284,23 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 	}
 }
 
+// configErrorWant is what each TestConfigErrors case's error must say.
+var configErrorWant = map[string]string{
+	"unknown key":   "unknown key(s) bogus",
+	"missing key":   "[[uki]] 1: no [keys.db]",
+	"bad output":    `output "../x.raw" is not a plain file name`,
+	"dup output":    `output "x.raw" is used twice`,
+	"state output":  `output "state.json" is not a plain file name`,
+	"no cert":       "[keys.db]: certificate and key are required",
+	"verity image":  `verity-image "none.raw" is no [[image]] or [[verity]] output`,
+	"not toml":      "toml: line 2",
+	"ipe no policy": "[ipe]: policy and key are required",
+	"two families":  "span the families content, secure-boot",
+	"undeclared":    "its roles sign manifest-openpgp, which its kinds [manifest-pkcs7] do not declare",
+	"bad kind":      `kind "bogus": not one of`,
+	"sb and pcr":    "span the families secure-boot, tpm-policy",
+}
+
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	for name, body := range map[string]string{
@@ -305,10 +322,17 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
 		os.WriteFile(p, []byte(body), 0o644)
-		if _, err := LoadConfig(p); err == nil {
+		_, err := LoadConfig(p)
+		switch {
+		case configErrorWant[name] == "":
+			t.Errorf("%s: configErrorWant has no entry", name)
+		case err == nil:
 			t.Errorf("%s: accepted", name)
-		} else if !strings.Contains(err.Error(), p) {
+		case !strings.Contains(err.Error(), p):
 			t.Errorf("%s: error does not name the file: %v", name, err)
+		case !strings.Contains(err.Error(), configErrorWant[name]):
+			// Refused, but for another reason than the case is about.
+			t.Errorf("%s: error %q does not say %q", name, err, configErrorWant[name])
 		}
 	}
 }
