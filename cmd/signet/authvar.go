@@ -118,14 +118,11 @@ Offline: create ... --signing-certificate=C --prepare-offline-signing --output=V
 			}
 			var signer crypto.Signer
 			if off.online() {
-				s, err := kf.signer()
+				s, err := kf.pairedSigner(signing)
 				if err != nil {
 					return err
 				}
 				defer s.Close()
-				if err := keys.CheckPair(s, signing); err != nil {
-					return fmt.Errorf("%s and %s: %w", keys.Redact(kf.privateKey), keys.Redact(kf.certificate), err)
-				}
 				signer = s
 			}
 			b, err := off.finish(p, p.TBS, out, signer)

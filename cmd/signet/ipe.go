@@ -94,14 +94,11 @@ Offline: sign POLICY --certificate=CERT --prepare-offline-signing --output=TBS
 			}
 			var signer crypto.Signer
 			if off.online() {
-				s, err := kf.signer()
+				s, err := kf.pairedSigner(cert)
 				if err != nil {
 					return err
 				}
 				defer s.Close()
-				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("%s and %s: %w", keys.Redact(kf.privateKey), keys.Redact(kf.certificate), err)
-				}
 				signer = s
 			}
 			out, err := off.finish(p, p.TBS, output, signer)

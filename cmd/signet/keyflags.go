@@ -65,13 +65,26 @@ func (k *keyFlags) signerAndCert() (keys.Signer, *x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := k.signer()
+	s, err := k.pairedSigner(cert)
 	if err != nil {
 		return nil, nil, err
 	}
+	return s, cert, nil
+}
+
+// pairedSigner opens the private key and checks that cert is its
+// certificate, so a mismatched pair fails before anything is signed; the
+// caller closes the signer.
+func (k *keyFlags) pairedSigner(cert *x509.Certificate) (keys.Signer, error) {
+	s, err := k.signer()
+	if errors.Is(err, keys.ErrKeyPolicy) {
+		return nil, err // names the key already
+	} else if err != nil {
+		return nil, fmt.Errorf("private key %s: %w", keys.Redact(k.privateKey), err)
+	}
 	if err := keys.CheckPair(s, cert); err != nil {
 		s.Close()
-		return nil, nil, fmt.Errorf("%s and %s: %w", keys.Redact(k.privateKey), keys.Redact(k.certificate), err)
+		return nil, fmt.Errorf("private key %s and certificate %s: %w", keys.Redact(k.privateKey), keys.Redact(k.certificate), err)
 	}
-	return s, cert, nil
+	return s, nil
 }

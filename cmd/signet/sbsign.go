@@ -119,14 +119,11 @@ already signed gets an additional signature.`,
 					return nil
 				}
 			} else {
-				s, err := kf.signer()
+				s, err := kf.pairedSigner(cert)
 				if err != nil {
-					return fmt.Errorf("private key %s: %w", keys.Redact(kf.privateKey), err)
+					return err
 				}
 				defer s.Close()
-				if err := keys.CheckPair(s, cert); err != nil {
-					return fmt.Errorf("private key %s and certificate %s: %w", keys.Redact(kf.privateKey), keys.Redact(kf.certificate), err)
-				}
 				sign = func(w *atomicfile.File) error {
 					if err := authenticode.Sign(f, s, cert, when, w); err != nil {
 						return fmt.Errorf("%s: %w", in, err)
