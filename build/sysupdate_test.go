@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"signet.dev/image"
 	"signet.dev/internal/testenv"
 	"signet.dev/internal/testkeys"
 	"signet.dev/openpgp"
@@ -80,9 +81,10 @@ func newReleaseKeys(t *testing.T, dir string) *releaseKeys {
 }
 
 // writeRelease writes the configuration of release v of a small OS: a UKI
-// on systemd 262's stub carrying the /usr verity root hash, systemd-boot,
-// a DPS disk image with /usr, its verity tree and signature, the /usr
-// data on its own, a signed SHA256SUMS, and sysupdate transfers (UKI,
+// on systemd 262's stub carrying the root hash of the /usr data shipped on
+// its own (with its verity tree, for the partition transfers),
+// systemd-boot, a DPS disk image with /usr, its verity tree and signature
+// (for a first install), a signed SHA256SUMS, and sysupdate transfers (UKI,
 // .pcrlock, partitions) pointing at url. offline makes every key offline;
 // other signs SHA256SUMS with the other key.
 func writeRelease(t *testing.T, dir, v, url string, k *releaseKeys, offline, other bool) string {
@@ -144,7 +146,7 @@ linux = "/var/cache/signet-test/vmlinuz"
 initrd = "initrd"
 os-release = "os-release"
 cmdline = "console=ttyS0"
-verity-image = "exos_%[9]s.raw"
+verity-image = "usr_%[9]s.erofs"
 secure-boot-key = "db"
 
 [manifest]
@@ -267,7 +269,7 @@ func TestSysupdateLive(t *testing.T) {
 	}
 	r2 := dirs[2]
 	for _, f := range []string{"exos_2.efi", "exos_2.pcrlock", "exos_2.raw", "systemd-bootx64.efi", "systemd-bootx64.pcrlock", "usr_2.erofs", "usr_2.erofs.verity", "SHA256SUMS", "SHA256SUMS.gpg",
-		"sysupdate.d/10-exos-usr_.transfer", "sysupdate.d/20-exos-usr_.erofs.transfer", "sysupdate.d/70-exos-pcrlock.transfer", "sysupdate.d/90-exos.transfer"} {
+		"sysupdate.d/10-exos-usr.transfer", "sysupdate.d/20-exos-usr-verity.transfer", "sysupdate.d/70-exos-pcrlock.transfer", "sysupdate.d/90-exos.transfer"} {
 		if _, err := os.Stat(filepath.Join(r2, f)); err != nil {
 			t.Fatalf("release 2: %v", err)
 		}
@@ -297,7 +299,7 @@ func TestSysupdateLive(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The partition transfers need a disk; this root has none.
-		for _, p := range []string{"10-exos-usr_.transfer", "20-exos-usr_.erofs.transfer"} {
+		for _, p := range []string{"10-exos-usr.transfer", "20-exos-usr-verity.transfer"} {
 			os.Remove(filepath.Join(root, "usr/lib/sysupdate.d", p))
 		}
 		copyFileT(t, filepath.Join(root, "efi/EFI/Linux/exos_1.efi"), filepath.Join(dirs[1], "exos_1.efi"))
@@ -434,6 +436,8 @@ func TestSysupdateLive(t *testing.T) {
 		t.Fatal("systemd-pull wrote another image")
 	}
 
+	partitionUpdate(t, work, k.ring, cfgs[1], r2)
+
 	// Offline, in rounds, with the same keys: the same bytes.
 	offSrc := filepath.Join(work, "src2-offline")
 	offCfg := writeRelease(t, offSrc, "2", url, k, true, false)
@@ -450,11 +454,107 @@ func TestSysupdateLive(t *testing.T) {
 	if err != nil || !res.Done {
 		t.Fatalf("offline build: %v", err)
 	}
-	for _, o := range ExpectedOutputs(c) {
+	st, err := LoadState(offDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range st.Outputs {
 		if a, b := mustRead(t, filepath.Join(offDir, o.File)), mustRead(t, filepath.Join(r2, o.File)); !bytes.Equal(a, b) {
 			t.Errorf("%s: offline and online builds differ", o.File)
 		}
 	}
+	if len(st.Outputs) != len(ExpectedOutputs(c)) {
+		t.Errorf("the offline build made %d outputs, the configuration expects %d", len(st.Outputs), len(ExpectedOutputs(c)))
+	}
+}
+
+// partitionUpdate has systemd-sysupdate 262 install release 2's /usr
+// partition and its verity tree into a disk holding release 1 and two
+// empty partitions, with release 1's partition transfers (their Path=auto
+// pointed at the disk image), and checks what sysupdate wrote: the labels,
+// the partition UUIDs systemd finds them by (the root hash halves, from
+// the files' @u), the flags, and a verity pair veritysetup
+// accepts for the root hash on release 2's UKI command line.
+func partitionUpdate(t *testing.T, work, ring string, c1 *Config, r2 string) {
+	t.Helper()
+	root := filepath.Join(work, "root-disk")
+	defs := filepath.Join(work, "disk.repart.d")
+	os.MkdirAll(defs, 0o755)
+	for name, body := range map[string]string{
+		"10-usr-a.conf":        "[Partition]\nType=usr\nLabel=exos_1\nSizeMinBytes=2M\nSizeMaxBytes=2M\n",
+		"11-usr-verity-a.conf": "[Partition]\nType=usr-verity\nLabel=exos_1_verity\nSizeMinBytes=1M\nSizeMaxBytes=1M\n",
+		"20-usr-b.conf":        "[Partition]\nType=usr\nLabel=_empty\nSizeMinBytes=2M\nSizeMaxBytes=2M\n",
+		"21-usr-verity-b.conf": "[Partition]\nType=usr-verity\nLabel=_empty\nSizeMinBytes=1M\nSizeMaxBytes=1M\n",
+	} {
+		os.WriteFile(filepath.Join(defs, name), []byte(body), 0o644)
+	}
+	os.MkdirAll(filepath.Join(root, "usr/lib/sysupdate.d"), 0o755)
+	disk := filepath.Join(root, "disk.raw")
+	testenv.Sid(t, "systemd-repart", "--empty=create", "--size=auto", "--dry-run=no", "--seed=0f3ab1c4-3c1e-4b43-9a4e-2f1b0d9c8e71", "--definitions="+defs, disk)
+	ts, err := Transfers(c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, tr := range ts {
+		if !bytes.Contains(tr.Data, []byte("Type=partition\n")) {
+			continue
+		}
+		n++
+		data := bytes.Replace(tr.Data, []byte("\nPath=auto\n"), []byte("\nPath=/disk.raw\n"), 1)
+		os.WriteFile(filepath.Join(root, "usr/lib/sysupdate.d", tr.Name), data, 0o644)
+	}
+	if n != 2 {
+		t.Fatalf("%d partition transfers, want 2", n)
+	}
+	if out, err := sidKeyring(t, ring, "systemd-sysupdate", "--root="+root, "update"); err != nil || !bytes.Contains(out, []byte("Signature verification succeeded")) {
+		t.Fatalf("systemd-sysupdate (partitions): %v\n%s", err, out)
+	}
+	f, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	tab, err := image.Read(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rh := mustRead(t, filepath.Join(r2, "usr_2.erofs.roothash"))
+	root2, _ := hex.DecodeString(string(rh))
+	du, hu := PartitionUUIDs(root2)
+	if !bytes.Contains(mustRead(t, filepath.Join(r2, "exos_2.efi")), []byte("usrhash="+string(rh))) {
+		t.Fatal("release 2's UKI does not carry the usrhash of usr_2.erofs")
+	}
+	extract := map[string]string{}
+	for _, e := range tab.Entries {
+		if !e.Used() {
+			continue
+		}
+		want := map[string]string{"exos_2": du, "exos_2_verity": hu}[e.Name]
+		if want == "" {
+			continue
+		}
+		if e.UUID.String() != want {
+			t.Errorf("partition %s: UUID %s, want %s (from the root hash)", e.Name, e.UUID, want)
+		}
+		if e.Attributes != 0 {
+			t.Errorf("partition %s: flags %#x, want PartitionFlags=0", e.Name, e.Attributes)
+		}
+		p := filepath.Join(work, e.Name+".part")
+		buf := make([]byte, e.Size())
+		f.ReadAt(buf, e.Offset())
+		os.WriteFile(p, buf, 0o644)
+		extract[e.Name] = p
+	}
+	if len(extract) != 2 {
+		t.Fatalf("sysupdate wrote partitions %v, want exos_2 and exos_2_verity", extract)
+	}
+	data := mustRead(t, extract["exos_2"])
+	if !bytes.Equal(data[:len(mustRead(t, filepath.Join(r2, "usr_2.erofs")))], mustRead(t, filepath.Join(r2, "usr_2.erofs"))) {
+		t.Error("partition exos_2 does not hold usr_2.erofs")
+	}
+	testenv.Run(t, "veritysetup", "verify", extract["exos_2"], extract["exos_2_verity"], string(rh))
 }
 
 func mustRead(t *testing.T, p string) []byte {

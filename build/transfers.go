@@ -114,15 +114,26 @@ func Transfers(c *Config) ([]TransferFile, error) {
 			if len(c.Verity) > 1 {
 				label = c.Name + "_" + base(data)
 			}
-			for _, part := range []struct{ file, typ, label, prefix string }{
-				{data, class, label, "10"},
-				{data + ".verity", class + "-verity", label + "_verity", "20"},
+			// The release's partition files are named with the
+			// partition UUID after the version (partitionFiles).
+			src := strings.Replace(data, "@v", "@v_@u", 1)
+			stem := strings.Trim(strings.ReplaceAll(base(data), "@v", ""), "_-.")
+			for _, part := range []struct{ file, typ, label, name string }{
+				{src, class, label, "10-" + c.Name + "-" + stem},
+				{src + ".verity", class + "-verity", label + "_verity", "20-" + c.Name + "-" + stem + "-verity"},
 			} {
 				t := head("The " + part.typ + " partition")
 				t.Source = source(part.file)
 				t.Target = []sysupdate.Setting{kv("Type", "partition"), kv("Path", "auto"), kv("MatchPattern", sysupdate.Escape(part.label)),
-					kv("MatchPartitionType", part.typ), kv("PartitionFlags", "0"), kv("ReadOnly", "1"), kv("InstancesMax", max)}
-				if err := add(fmt.Sprintf("%s-%s-%s.transfer", part.prefix, c.Name, strings.ReplaceAll(base(part.file), "@v", "")), t); err != nil {
+					kv("MatchPartitionType", part.typ), kv("PartitionFlags", "0")}
+				// The DPS read-only flag exists for root (and is
+				// ignored on usr and verity partitions, which are
+				// read-only anyway).
+				if part.typ == "root" {
+					t.Target = append(t.Target, kv("ReadOnly", "1"))
+				}
+				t.Target = append(t.Target, kv("InstancesMax", max))
+				if err := add(part.name+".transfer", t); err != nil {
 					return nil, err
 				}
 			}

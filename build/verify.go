@@ -114,6 +114,12 @@ func ExpectedOutputs(c *Config) []Output {
 		if v.Key != "" {
 			outs = append(outs, Output{File: v.Output + ".roothash.p7s", Kind: "verity-signature", Keys: map[string]string{"signer": v.Key}})
 		}
+		if s := c.Sysupdate; s != nil && s.Partitions {
+			// Named by the root hash: Verify resolves @u from the
+			// directory's .roothash, then checks it.
+			u := strings.Replace(v.Output, s.Version, s.Version+"_@u", 1)
+			outs = append(outs, Output{File: u, Kind: "partition-data", Of: v.Output}, Output{File: u + ".verity", Kind: "partition-hash", Of: v.Output + ".verity"})
+		}
 	}
 	for _, im := range c.Images {
 		o := Output{File: im.Output, Kind: "image", Keys: map[string]string{}}
@@ -183,8 +189,11 @@ func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
 	defer os.RemoveAll(tmp)
 	v := &verifier{dir: dir, tmp: tmp, trust: t, eku: map[string]bool{}}
 	outs := ExpectedOutputs(c)
-	for _, o := range outs {
-		v.expected = append(v.expected, o.File)
+	for i, o := range outs {
+		if o.Kind == "partition-data" || o.Kind == "partition-hash" {
+			outs[i].File = v.partitionName(o)
+		}
+		v.expected = append(v.expected, outs[i].File)
 	}
 	for _, o := range outs {
 		if _, err := os.Lstat(v.path(o.File)); err != nil {
@@ -204,6 +213,8 @@ func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
 			v.pcrlock(o)
 		case "transfer":
 			v.transfer(o, c)
+		case "partition-data", "partition-hash":
+			v.partitionFile(o)
 		case "image":
 			v.image(o, cert("verity"))
 		case "ipe":
@@ -499,6 +510,34 @@ func (v *verifier) pcrlock(o Output) {
 		err = fmt.Errorf("systemd-pcrlock %s writes other records", verb)
 	}
 	v.add(o.File, "systemd-pcrlock", what, err)
+}
+
+// partitionName resolves the @u of a partition file's name from the root
+// hash in the directory (checked with its data, tree and signature); an
+// unreadable root hash leaves @u, which then fails as not found.
+func (v *verifier) partitionName(o Output) string {
+	data := strings.TrimSuffix(o.Of, ".verity")
+	rh, err := os.ReadFile(v.path(data + ".roothash"))
+	root, err2 := hex.DecodeString(string(rh))
+	if err != nil || err2 != nil || len(root) < 16 {
+		return o.File
+	}
+	d, h := PartitionUUIDs(root)
+	if o.Kind == "partition-hash" {
+		return strings.Replace(o.File, "@u", h, 1)
+	}
+	return strings.Replace(o.File, "@u", d, 1)
+}
+
+// partitionFile checks that a partition file is the output it copies.
+func (v *verifier) partitionFile(o Output) {
+	a, err1 := os.ReadFile(v.path(o.File))
+	b, err2 := os.ReadFile(v.path(o.Of))
+	err := errors.Join(err1, err2)
+	if err == nil && !bytes.Equal(a, b) {
+		err = fmt.Errorf("differs from %s", o.Of)
+	}
+	v.add(o.File, "signet", "partition file of "+o.Of, err)
 }
 
 // transfer compares a sysupdate transfer definition with the one the
