@@ -1,6 +1,7 @@
 package sysupdate
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -45,4 +46,23 @@ func TestPattern(t *testing.T) {
 			t.Errorf("%q: accepted", v)
 		}
 	}
+}
+
+// FuzzTransfer: no panic on any name, version or value, and what Marshal
+// accepts is one line per setting.
+func FuzzTransfer(f *testing.F) {
+	f.Add("exos_2.efi", "2", "https://h/")
+	f.Fuzz(func(t *testing.T, name, version, value string) {
+		ValidVersion(version)
+		p, err := Pattern(name, version)
+		if err == nil && (len(p) == 0 || version == "") {
+			return
+		}
+		tr := &Transfer{Source: []Setting{{"MatchPattern", p}, {"Path", Escape(value)}}}
+		if out, err := tr.Marshal(); err == nil {
+			if n := bytes.Count(out, []byte("\n")); n != 3 {
+				t.Fatalf("%d lines for one section of two settings:\n%s", n, out)
+			}
+		}
+	})
 }
