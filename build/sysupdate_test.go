@@ -237,7 +237,8 @@ func flipByte(t *testing.T, path string) {
 // release 2's UKI and .pcrlock over release 1 with the transfer
 // definitions the build wrote, verifying signet's SHA256SUMS.gpg, and
 // refuses, installing nothing, a tampered SHA256SUMS, a file whose hash
-// does not match and a SHA256SUMS signed by another key; systemd-pull raw
+// does not match and a SHA256SUMS signed by another key, and release 3
+// then removes release 1's UKI and .pcrlock together; systemd-pull raw
 // --verify=signature fetches the release's disk image and refuses the
 // same tampering. The installed .pcrlock is systemd-pcrlock 262's lock-uki
 // of the installed UKI; the boot loader's is its lock-pe, the same before
@@ -436,6 +437,22 @@ func TestSysupdateLive(t *testing.T) {
 		t.Fatal("systemd-pull wrote another image")
 	}
 
+	// Release 3: InstancesMax=2 removes release 1's .pcrlock with its UKI,
+	// leaving the booted release and the new one as the variants.
+	r3 := filepath.Join(work, "release3")
+	buildOnline(t, writeRelease(t, filepath.Join(work, "src3"), "3", url, k, false, false), r3)
+	serving.Store(r3)
+	if out, err := sidKeyring(t, k.ring, "systemd-sysupdate", "--root="+root, "update"); err != nil {
+		t.Fatalf("systemd-sysupdate update to 3: %v\n%s", err, out)
+	}
+	for f, want := range map[string]bool{"efi/EFI/Linux/exos_1.efi": false, "efi/EFI/Linux/exos_2.efi": true, "efi/EFI/Linux/exos_3.efi": true,
+		UKIPCRLockDir[1:] + "/exos_1.pcrlock": false, UKIPCRLockDir[1:] + "/exos_2.pcrlock": true, UKIPCRLockDir[1:] + "/exos_3.pcrlock": true} {
+		if _, err := os.Stat(filepath.Join(root, f)); (err == nil) != want {
+			t.Errorf("after the update to 3: %s present %v, want %v", f, err == nil, want)
+		}
+	}
+
+	serving.Store(r2)
 	partitionUpdate(t, work, k.ring, cfgs[1], r2)
 
 	// Offline, in rounds, with the same keys: the same bytes.
