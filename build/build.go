@@ -160,7 +160,7 @@ func Run(c *Config, o Options) (*Result, error) {
 		return res, nil
 	}
 	st.Done = true
-	st.Outputs = p.outputs
+	st.Outputs = append(p.outputs, p.transfers...)
 	if err := st.save(dir); err != nil {
 		return nil, err
 	}
@@ -275,6 +275,9 @@ type pass struct {
 	keys    map[string]*key
 	pending []request.Item
 	outputs []Output
+	// transfers are the sysupdate transfer definitions written, outputs
+	// the manifest does not list.
+	transfers []Output
 	// blocked is set when a step could not finish for lack of a
 	// signature; steps that consume every output (the manifest) wait.
 	blocked bool
@@ -415,6 +418,15 @@ func (p *pass) sign(it request.Item) (sig []byte, cert *x509.Certificate, ok boo
 }
 
 func (p *pass) run() error {
+	// The transfer definitions need nothing signed; they go into the
+	// image, not into the download (SHA256SUMS).
+	names, err := WriteTransfers(p.c, filepath.Join(p.dir, TransferDir))
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		p.transfers = append(p.transfers, Output{File: TransferDir + "/" + n, Kind: "transfer"})
+	}
 	for _, v := range p.c.Verity {
 		if err := p.verity(v); err != nil {
 			return fmt.Errorf("verity %s: %w", v.Output, err)
@@ -428,6 +440,11 @@ func (p *pass) run() error {
 	if p.c.IPE != nil {
 		if err := p.ipe(p.c.IPE); err != nil {
 			return fmt.Errorf("ipe %s: %w", p.c.IPE.Policy, err)
+		}
+	}
+	for _, b := range p.c.BootLoaders {
+		if err := p.bootLoader(b); err != nil {
+			return fmt.Errorf("bootloader %s: %w", b.Output, err)
 		}
 	}
 	for _, u := range p.c.UKIs {

@@ -145,7 +145,7 @@ func sameSnapshot(t *testing.T, what string, a, b map[string][]byte) {
 	}
 }
 
-var outputs = []string{"example.efi", "example.raw", "example.p7b", "usr.erofs", "usr.erofs.verity", "usr.erofs.roothash", "usr.erofs.roothash.p7s", "SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.p7s"}
+var outputs = []string{"example.efi", "example.pcrlock", "example.raw", "example.p7b", "usr.erofs", "usr.erofs.verity", "usr.erofs.roothash", "usr.erofs.roothash.p7s", "SHA256SUMS", "SHA256SUMS.gpg", "SHA256SUMS.p7s"}
 
 // TestOfflineRoundsAndOnline is the whole story: the example image built
 // offline in exactly three rounds with SoftHSM keys (moving the build
@@ -166,6 +166,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 		t.Fatal(err)
 	}
 	var responses [][]byte
+	var unsignedLock []byte
 	wantKinds := []map[request.Kind]int{
 		{request.KindPCRPolicy: 4, request.KindVerityRootHash: 2, request.KindIPEPolicy: 1},
 		{request.KindAuthenticode: 1},
@@ -231,6 +232,15 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 		if res, err = Run(c, Options{Dir: dir, Responses: [][]byte{resp}}); err != nil {
 			t.Fatalf("resume round %d: %v", round, err)
 		}
+		if round == 1 {
+			// The UKI is fixed, not yet signed: its .pcrlock is there.
+			if _, err := os.Stat(filepath.Join(dir, "example.efi")); err == nil {
+				t.Fatal("example.efi before its Secure Boot signature")
+			}
+			if unsignedLock, err = os.ReadFile(filepath.Join(dir, "example.pcrlock")); err != nil {
+				t.Fatalf("no .pcrlock in the round the UKI is fixed: %v", err)
+			}
+		}
 		// Resuming twice is refused and changes nothing.
 		after := snapshot(t, dir)
 		if _, err := Run(c, Options{Dir: dir, Responses: [][]byte{resp}}); !errors.Is(err, ErrAlreadyJoined) {
@@ -240,6 +250,11 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 	}
 
 	verifyAll(t, dir, cfgPath)
+	// The .pcrlock made from the unsigned UKI is the signed UKI's.
+	signedLock := lockOf(t, filepath.Join(dir, "example.efi"))
+	if final, _ := os.ReadFile(filepath.Join(dir, "example.pcrlock")); !bytes.Equal(final, unsignedLock) || !bytes.Equal(signedLock, unsignedLock) {
+		t.Fatalf(".pcrlock of the unsigned UKI (%d bytes), in the release (%d), of the signed UKI (%d) differ", len(unsignedLock), len(final), len(signedLock))
+	}
 
 	// Online, in one go, with the same keys: the same bytes.
 	online := filepath.Join(t.TempDir(), "online")
@@ -277,7 +292,7 @@ func TestOfflineRoundsAndOnline(t *testing.T) {
 			failed[ch.File+" "+ch.By] = true
 		}
 	}
-	for _, want := range []string{"example.efi signet", "example.efi sbverify", "example.efi osslsigncode", "SHA256SUMS sha256sum"} {
+	for _, want := range []string{"example.efi signet", "example.pcrlock signet", "example.efi sbverify", "example.efi osslsigncode", "SHA256SUMS sha256sum"} {
 		if !failed[want] {
 			t.Errorf("tampered UKI: no failure from %s (failures: %v)", want, failed)
 		}

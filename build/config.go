@@ -34,6 +34,12 @@ type Config struct {
 	Images   []*ImageConfig        `toml:"image"`
 	Manifest *ManifestConfig       `toml:"manifest"`
 	IPE      *IPEConfig            `toml:"ipe"`
+	// BootLoaders are EFI boot loaders (systemd-boot) to sign for
+	// Secure Boot.
+	BootLoaders []*BootLoaderConfig `toml:"bootloader"`
+	// Sysupdate, when set, makes the build write systemd-sysupdate
+	// transfer definitions for the release (see docs/build.md).
+	Sysupdate *SysupdateConfig `toml:"sysupdate"`
 
 	dir    string   // directory of the configuration file
 	digest [32]byte // SHA-256 of the configuration file
@@ -85,7 +91,64 @@ type UKIConfig struct {
 	PCRKey   string   `toml:"pcr-key"`
 	PCRBanks []string `toml:"pcr-banks"` // default sha256
 	Phases   []string `toml:"phases"`    // default systemd-measure's four
+	// PCRLock writes the UKI's systemd-pcrlock component file (what
+	// systemd-pcrlock lock-uki writes) as <output without .efi>.pcrlock;
+	// default true when the UKI is Secure Boot signed.
+	PCRLock *bool `toml:"pcrlock"`
 }
+
+// BootLoaderConfig describes an EFI boot loader (systemd-boot, or any PE
+// the firmware starts) signed for Secure Boot through the same rounds as a
+// UKI.
+type BootLoaderConfig struct {
+	Input string `toml:"input"`
+	// Output defaults to the input's base name.
+	Output        string `toml:"output"`
+	SecureBootKey string `toml:"secure-boot-key"`
+	// PCRLock writes its systemd-pcrlock lock-pe record (PCR 4) as
+	// <output without .efi>.pcrlock; default true.
+	PCRLock *bool `toml:"pcrlock"`
+}
+
+// SysupdateConfig describes the systemd-sysupdate transfer definitions a
+// build writes into BUILD-DIR/sysupdate.d: one per UKI and one per
+// .pcrlock file (and, with Partitions, per [[verity]] data and hash
+// partition), with url-file sources in URL and Verify=yes.
+type SysupdateConfig struct {
+	// Version is this release's version (sysupdate's @v); every output a
+	// transfer carries has it in its name, which the transfer's pattern
+	// replaces with @v.
+	Version string `toml:"version"`
+	// URL is the directory the release is published in (Source Path=).
+	URL string `toml:"url"`
+	// InstancesMax is how many versions of each resource the target keeps
+	// (default 2: the booted release and the new one).
+	InstancesMax int `toml:"instances-max"`
+	// Partitions adds Type=partition transfers for each [[verity]]
+	// output's data and hash tree.
+	Partitions bool `toml:"partitions"`
+}
+
+// TransferDir is the build directory's subdirectory holding the
+// sysupdate transfer definitions.
+const TransferDir = "sysupdate.d"
+
+// PCRLockName is the .pcrlock file name of a UKI or boot loader output:
+// the output without its extension, plus .pcrlock.
+func PCRLockName(output string) string {
+	return strings.TrimSuffix(output, filepath.Ext(output)) + ".pcrlock"
+}
+
+// lockUKI reports whether a UKI's .pcrlock is written.
+func (u *UKIConfig) lockUKI() bool {
+	if u.PCRLock != nil {
+		return *u.PCRLock
+	}
+	return u.SecureBootKey != ""
+}
+
+// lockPE reports whether a boot loader's .pcrlock is written.
+func (b *BootLoaderConfig) lockPE() bool { return b.PCRLock == nil || *b.PCRLock }
 
 // VerityConfig describes a file system image protected by dm-verity
 // outside a disk image: the data is copied to Output, its hash tree (with
@@ -185,7 +248,7 @@ func (c *Config) check() error {
 		if name == "" {
 			return fmt.Errorf("%s: no output given", what)
 		}
-		if err := manifest.ValidName(name); err != nil || strings.HasPrefix(name, "round-") || name == stateFile || name == workDir {
+		if err := manifest.ValidName(name); err != nil || strings.HasPrefix(name, "round-") || name == stateFile || name == workDir || name == TransferDir {
 			return fmt.Errorf("%s: output %q is not a plain file name signet may use", what, name)
 		}
 		if outputs[name] {
@@ -267,6 +330,31 @@ func (c *Config) check() error {
 		if _, ok := images[u.VerityImage]; u.VerityImage != "" && !ok {
 			return fmt.Errorf("%s: verity-image %q is no [[image]] or [[verity]] output", what, u.VerityImage)
 		}
+		if u.lockUKI() {
+			if err := output(what+" pcrlock", PCRLockName(u.Output)); err != nil {
+				return err
+			}
+		}
+	}
+	for i, b := range c.BootLoaders {
+		what := fmt.Sprintf("[[bootloader]] %d", i+1)
+		if b.Input == "" || b.SecureBootKey == "" {
+			return fmt.Errorf("%s: input and secure-boot-key are required", what)
+		}
+		if b.Output == "" {
+			b.Output = filepath.Base(b.Input)
+		}
+		if err := output(what, b.Output); err != nil {
+			return err
+		}
+		if err := key(what, b.SecureBootKey, request.KindAuthenticode); err != nil {
+			return err
+		}
+		if b.lockPE() {
+			if err := output(what+" pcrlock", PCRLockName(b.Output)); err != nil {
+				return err
+			}
+		}
 	}
 	if c.IPE != nil {
 		if c.IPE.Policy == "" || c.IPE.Key == "" {
@@ -300,6 +388,9 @@ func (c *Config) check() error {
 		if err := key("[manifest]", m.PKCS7Key, request.KindManifestPKCS7); err != nil {
 			return err
 		}
+	}
+	if err := c.checkSysupdate(); err != nil {
+		return err
 	}
 	return c.checkKeyKinds(used)
 }

@@ -66,12 +66,15 @@ type StoredSignature struct {
 // Output is a file the build made.
 type Output struct {
 	File string `json:"file"`
-	// Kind is "uki", "image", "manifest", "manifest-openpgp",
-	// "manifest-pkcs7" or "ipe".
+	// Kind is "uki", "bootloader", "pcrlock-uki", "pcrlock-pe", "image",
+	// "manifest", "manifest-openpgp", "manifest-pkcs7", "ipe", "transfer"
+	// or one of the [[verity]] kinds.
 	Kind string `json:"kind"`
 	// Keys name the keys whose signatures the file carries, by role:
 	// "secure-boot", "pcr", "verity", "signer".
 	Keys map[string]string `json:"keys,omitempty"`
+	// Of is the output a .pcrlock file locks.
+	Of string `json:"of,omitempty"`
 	// Banks and Phases are a UKI's signed PCR banks and phase paths.
 	Banks  []string `json:"banks,omitempty"`
 	Phases []string `json:"phases,omitempty"`

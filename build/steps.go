@@ -18,6 +18,7 @@ import (
 	"signet.dev/manifest"
 	"signet.dev/measure"
 	"signet.dev/openpgp"
+	"signet.dev/pcrlock"
 	"signet.dev/request"
 	"signet.dev/uki"
 	"signet.dev/verity"
@@ -303,6 +304,14 @@ func (p *pass) uki(u *UKIConfig) error {
 	if err := w.Commit(); err != nil {
 		return err
 	}
+	// The .pcrlock is a function of the PE minus its signature (PCR 4
+	// takes the Authenticode hash), so it is made from the unsigned UKI,
+	// in the round that fixes it.
+	if u.lockUKI() {
+		if err := p.pcrlock(unsigned, PCRLockName(u.Output), u.Output, true); err != nil {
+			return err
+		}
+	}
 	if u.SecureBootKey == "" {
 		if err := copyFile(p.out(u.Output), unsigned); err != nil {
 			return err
@@ -312,56 +321,129 @@ func (p *pass) uki(u *UKIConfig) error {
 		return nil
 	}
 	keysUsed["secure-boot"] = u.SecureBootKey
-	uf, err := os.Open(unsigned)
-	if err != nil {
-		return err
-	}
-	defer uf.Close()
-	fi, err := uf.Stat()
-	if err != nil {
-		return err
-	}
-	pe, err := authenticode.Parse(uf, fi.Size())
-	if err != nil {
-		return err
-	}
-	prep, err := authenticode.Prepare(pe, p.buildTime())
-	if err != nil {
-		return err
-	}
-	spc, err := authenticode.SpcIndirectDataContent(prep.Hash, prep.Digest)
-	if err != nil {
-		return err
-	}
-	hashName, err := request.HashName(prep.Hash)
-	if err != nil {
-		return err
-	}
-	it := request.Item{ID: "ukis/" + u.Output, Kind: request.KindAuthenticode, Key: u.SecureBootKey, Hash: hashName, TBS: prep.SignedAttributes,
-		Authenticode: &request.AuthenticodeContext{File: u.Output, Digest: hex.EncodeToString(prep.Digest), SpcIndirectData: spc}}
-	sig, cert, ok, err := p.sign(it)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		p.blocked = true
-		p.logf("uki %s: Secure Boot signature requested", u.Output)
-		return nil
-	}
-	out, err := atomicfile.Create(p.out(u.Output), 0o644)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if err := authenticode.Join(pe, prep.SignedAttributes, cert, sig, out.File); err != nil {
-		return err
-	}
-	if err := out.Commit(); err != nil {
+	ok, err := p.secureBoot("ukis/"+u.Output, u.Output, unsigned, u.SecureBootKey)
+	if err != nil || !ok {
 		return err
 	}
 	p.logf("uki %s: done", u.Output)
 	p.outputs = append(p.outputs, output)
 	return nil
+}
+
+// bootLoader signs a boot loader PE for Secure Boot and writes its
+// .pcrlock.
+func (p *pass) bootLoader(b *BootLoaderConfig) error {
+	in := p.c.Path(b.Input)
+	if b.lockPE() {
+		if err := p.pcrlock(in, PCRLockName(b.Output), b.Output, false); err != nil {
+			return err
+		}
+	}
+	ok, err := p.secureBoot("bootloaders/"+b.Output, b.Output, in, b.SecureBootKey)
+	if err != nil || !ok {
+		return err
+	}
+	p.logf("bootloader %s: done", b.Output)
+	p.outputs = append(p.outputs, Output{File: b.Output, Kind: "bootloader", Keys: map[string]string{"secure-boot": b.SecureBootKey}})
+	return nil
+}
+
+// pcrlock writes the systemd-pcrlock component file of the PE at src as
+// output name: lock-uki's records for a UKI, lock-pe's (PCR 4) for any
+// other PE.
+func (p *pass) pcrlock(src, name, of string, isUKI bool) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	data, err := lockFile(f, fi.Size(), isUKI)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if err := atomicfile.WriteFile(p.out(name), data, 0o644); err != nil {
+		return err
+	}
+	kind := "pcrlock-pe"
+	if isUKI {
+		kind = "pcrlock-uki"
+	}
+	p.outputs = append(p.outputs, Output{File: name, Kind: kind, Of: of})
+	return nil
+}
+
+// lockFile returns the .pcrlock bytes of a UKI (one boot profile) or of
+// another PE.
+func lockFile(r io.ReaderAt, size int64, isUKI bool) ([]byte, error) {
+	if !isUKI {
+		lf, err := pcrlock.LockPE(r, size, pcrlock.PEPCR)
+		if err != nil {
+			return nil, err
+		}
+		return lf.Marshal(), nil
+	}
+	vs, err := pcrlock.LockUKI(r, size)
+	if err != nil {
+		return nil, err
+	}
+	if len(vs) != 1 {
+		return nil, fmt.Errorf("%d profiles: multi-profile UKIs are not supported by signet build", len(vs))
+	}
+	return vs[0].File.Marshal(), nil
+}
+
+// secureBoot signs the PE at src for Secure Boot (Authenticode, item id)
+// into output file; ok is false when the signature was requested.
+func (p *pass) secureBoot(id, file, src, keyName string) (bool, error) {
+	uf, err := os.Open(src)
+	if err != nil {
+		return false, err
+	}
+	defer uf.Close()
+	fi, err := uf.Stat()
+	if err != nil {
+		return false, err
+	}
+	pe, err := authenticode.Parse(uf, fi.Size())
+	if err != nil {
+		return false, err
+	}
+	prep, err := authenticode.Prepare(pe, p.buildTime())
+	if err != nil {
+		return false, err
+	}
+	spc, err := authenticode.SpcIndirectDataContent(prep.Hash, prep.Digest)
+	if err != nil {
+		return false, err
+	}
+	hashName, err := request.HashName(prep.Hash)
+	if err != nil {
+		return false, err
+	}
+	it := request.Item{ID: id, Kind: request.KindAuthenticode, Key: keyName, Hash: hashName, TBS: prep.SignedAttributes,
+		Authenticode: &request.AuthenticodeContext{File: file, Digest: hex.EncodeToString(prep.Digest), SpcIndirectData: spc}}
+	sig, cert, ok, err := p.sign(it)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		p.blocked = true
+		p.logf("%s: Secure Boot signature requested", file)
+		return false, nil
+	}
+	out, err := atomicfile.Create(p.out(file), 0o644)
+	if err != nil {
+		return false, err
+	}
+	defer out.Close()
+	if err := authenticode.Join(pe, prep.SignedAttributes, cert, sig, out.File); err != nil {
+		return false, err
+	}
+	return true, out.Commit()
 }
 
 func orDefault(v, d []string) []string {

@@ -114,6 +114,12 @@ func ExpectedOutputs(c *Config) []Output {
 		if v.Key != "" {
 			outs = append(outs, Output{File: v.Output + ".roothash.p7s", Kind: "verity-signature", Keys: map[string]string{"signer": v.Key}})
 		}
+		if s := c.Sysupdate; s != nil && s.Partitions {
+			// Named by the root hash: Verify resolves @u from the
+			// directory's .roothash, then checks it.
+			u := strings.Replace(v.Output, s.Version, s.Version+"_@u", 1)
+			outs = append(outs, Output{File: u, Kind: "partition-data", Of: v.Output}, Output{File: u + ".verity", Kind: "partition-hash", Of: v.Output + ".verity"})
+		}
 	}
 	for _, im := range c.Images {
 		o := Output{File: im.Output, Kind: "image", Keys: map[string]string{}}
@@ -122,7 +128,16 @@ func ExpectedOutputs(c *Config) []Output {
 		}
 		outs = append(outs, o)
 	}
+	for _, b := range c.BootLoaders {
+		if b.lockPE() {
+			outs = append(outs, Output{File: PCRLockName(b.Output), Kind: "pcrlock-pe", Of: b.Output})
+		}
+		outs = append(outs, Output{File: b.Output, Kind: "bootloader", Keys: map[string]string{"secure-boot": b.SecureBootKey}})
+	}
 	for _, u := range c.UKIs {
+		if u.lockUKI() {
+			outs = append(outs, Output{File: PCRLockName(u.Output), Kind: "pcrlock-uki", Of: u.Output})
+		}
 		o := Output{File: u.Output, Kind: "uki", Keys: map[string]string{}}
 		if u.PCRKey != "" {
 			o.Keys["pcr"] = u.PCRKey
@@ -145,6 +160,11 @@ func ExpectedOutputs(c *Config) []Output {
 		if m.PKCS7Key != "" {
 			outs = append(outs, Output{File: m.Output + ".p7s", Kind: "manifest-pkcs7", Keys: map[string]string{"signer": m.PKCS7Key}})
 		}
+	}
+	// Transfers is checked by LoadConfig.
+	ts, _ := Transfers(c)
+	for _, t := range ts {
+		outs = append(outs, Output{File: TransferDir + "/" + t.Name, Kind: "transfer"})
 	}
 	return outs
 }
@@ -169,8 +189,11 @@ func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
 	defer os.RemoveAll(tmp)
 	v := &verifier{dir: dir, tmp: tmp, trust: t, eku: map[string]bool{}}
 	outs := ExpectedOutputs(c)
-	for _, o := range outs {
-		v.expected = append(v.expected, o.File)
+	for i, o := range outs {
+		if o.Kind == "partition-data" || o.Kind == "partition-hash" {
+			outs[i].File = v.partitionName(o)
+		}
+		v.expected = append(v.expected, outs[i].File)
 	}
 	for _, o := range outs {
 		if _, err := os.Lstat(v.path(o.File)); err != nil {
@@ -184,6 +207,14 @@ func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
 		switch o.Kind {
 		case "uki":
 			v.uki(o, cert("secure-boot"), cert("pcr"))
+		case "bootloader":
+			v.bootLoader(o, cert("secure-boot"))
+		case "pcrlock-uki", "pcrlock-pe":
+			v.pcrlock(o)
+		case "transfer":
+			v.transfer(o, c)
+		case "partition-data", "partition-hash":
+			v.partitionFile(o)
 		case "image":
 			v.image(o, cert("verity"))
 		case "ipe":
@@ -416,6 +447,118 @@ func (v *verifier) uki(o Output, sb, pcr *x509.Certificate) {
 	v.add(o.File, "signet", "PCR 11 policies (.pcrsig) match the UKI and verify", err)
 }
 
+// bootLoader checks a boot loader's Secure Boot signature.
+func (v *verifier) bootLoader(o Output, sb *x509.Certificate) {
+	if sb == nil {
+		return
+	}
+	f, size, ok := v.open(o.File)
+	if !ok {
+		return
+	}
+	defer f.Close()
+	pe, err := authenticode.Parse(f, size)
+	if err == nil {
+		_, err = authenticode.Verify(pe, []*x509.Certificate{sb})
+	}
+	v.add(o.File, "signet", "Secure Boot signature", err)
+	cf := v.certFile(sb)
+	v.peer(o.File, "Secure Boot signature", "Signature verification OK", "sbverify", "--cert", cf, v.path(o.File))
+	v.peer(o.File, "Secure Boot signature", "Succeeded", "osslsigncode", "verify", "-in", v.path(o.File), "-CAfile", cf)
+}
+
+// pcrlock rebuilds a .pcrlock from the signed PE it locks and compares
+// the bytes; systemd-pcrlock (255 and later), where installed, does the
+// same (lock-uki or lock-pe).
+func (v *verifier) pcrlock(o Output) {
+	what := "records of " + o.Of
+	got, err := os.ReadFile(v.path(o.File))
+	if err != nil {
+		v.add(o.File, "signet", what, err)
+		return
+	}
+	f, size, ok := v.open(o.Of)
+	if !ok {
+		return
+	}
+	defer f.Close()
+	want, err := lockFile(f, size, o.Kind == "pcrlock-uki")
+	if err == nil && !bytes.Equal(got, want) {
+		err = fmt.Errorf("differs from the .pcrlock of %s (%d bytes, %d expected)", o.Of, len(got), len(want))
+	}
+	v.add(o.File, "signet", what, err)
+	tool := ""
+	for _, p := range []string{"/usr/lib/systemd/systemd-pcrlock", "/lib/systemd/systemd-pcrlock"} {
+		if _, err := os.Stat(p); err == nil {
+			tool = p
+			break
+		}
+	}
+	verb := "lock-pe"
+	if o.Kind == "pcrlock-uki" {
+		verb = "lock-uki"
+	}
+	if tool == "" {
+		// An optional peer: systemd-pcrlock is 255 and later, and older
+		// systems (Debian 12) lack it, so its absence is reported, not
+		// failed, even with --require-peers.
+		v.checks = append(v.checks, Check{File: o.File, By: "systemd-pcrlock", What: what, Info: "systemd-pcrlock (255 or later) not installed: checked by signet only"})
+		return
+	}
+	peer, err := exec.Command(tool, verb, v.path(o.Of)).Output()
+	if err == nil && !bytes.Equal(peer, got) {
+		err = fmt.Errorf("systemd-pcrlock %s writes other records", verb)
+	}
+	v.add(o.File, "systemd-pcrlock", what, err)
+}
+
+// partitionName resolves the @u of a partition file's name from the root
+// hash in the directory (checked with its data, tree and signature); an
+// unreadable root hash leaves @u, which then fails as not found.
+func (v *verifier) partitionName(o Output) string {
+	data := strings.TrimSuffix(o.Of, ".verity")
+	rh, err := os.ReadFile(v.path(data + ".roothash"))
+	root, err2 := hex.DecodeString(string(rh))
+	if err != nil || err2 != nil || len(root) < 16 {
+		return o.File
+	}
+	d, h := PartitionUUIDs(root)
+	if o.Kind == "partition-hash" {
+		return strings.Replace(o.File, "@u", h, 1)
+	}
+	return strings.Replace(o.File, "@u", d, 1)
+}
+
+// partitionFile checks that a partition file is the output it copies.
+func (v *verifier) partitionFile(o Output) {
+	a, err1 := os.ReadFile(v.path(o.File))
+	b, err2 := os.ReadFile(v.path(o.Of))
+	err := errors.Join(err1, err2)
+	if err == nil && !bytes.Equal(a, b) {
+		err = fmt.Errorf("differs from %s", o.Of)
+	}
+	v.add(o.File, "signet", "partition file of "+o.Of, err)
+}
+
+// transfer compares a sysupdate transfer definition with the one the
+// configuration makes.
+func (v *verifier) transfer(o Output, c *Config) {
+	got, err := os.ReadFile(v.path(o.File))
+	if err == nil {
+		err = fmt.Errorf("not a transfer of this configuration")
+		ts, _ := Transfers(c)
+		for _, t := range ts {
+			if TransferDir+"/"+t.Name == o.File {
+				err = nil
+				if !bytes.Equal(got, t.Data) {
+					err = errors.New("differs from the transfer the configuration makes")
+				}
+			}
+		}
+	}
+	v.add(o.File, "signet", "sysupdate transfer definition", err)
+}
+
 func pemPublicKey(c *x509.Certificate) []byte {
 	der, _ := x509.MarshalPKIXPublicKey(c.PublicKey)
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
@@ -552,7 +695,8 @@ func (v *verifier) listsExpected(file string, entries []manifest.Entry) error {
 	}
 	want := map[string]bool{}
 	for _, name := range v.expected {
-		if name == file || name == file+".gpg" || name == file+".p7s" {
+		// The transfer definitions go into the image, not the download.
+		if name == file || name == file+".gpg" || name == file+".p7s" || strings.HasPrefix(name, TransferDir+"/") {
 			continue
 		}
 		want[name] = true

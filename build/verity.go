@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
 
 	"signet.dev/image"
 	"signet.dev/internal/atomicfile"
@@ -78,6 +79,16 @@ func (p *pass) verity(v *VerityConfig) error {
 	}
 	p.rootHashes[v.Output] = []string{v.Cmdline + "=" + hex.EncodeToString(root)}
 	outs := []Output{{File: v.Output, Kind: "verity-data"}, {File: v.Output + ".verity", Kind: "verity-hash"}, {File: v.Output + ".roothash", Kind: "verity-roothash"}}
+	if s := p.c.Sysupdate; s != nil && s.Partitions {
+		// The partition files sysupdate installs carry the partition
+		// UUIDs (@u) systemd finds them by: the root hash's halves.
+		for _, part := range partitionFiles(v.Output, s.Version, root) {
+			if err := copyFile(p.out(part.File), p.out(part.Of)); err != nil {
+				return err
+			}
+			outs = append(outs, part)
+		}
+	}
 	if v.Key == "" {
 		p.logf("verity %s: done (unsigned)", v.Output)
 		p.outputs = append(p.outputs, outs...)
@@ -109,4 +120,25 @@ func (p *pass) verity(v *VerityConfig) error {
 	p.logf("verity %s: done", v.Output)
 	p.outputs = append(p.outputs, outs...)
 	return nil
+}
+
+// PartitionUUIDs are the partition UUIDs systemd-repart gives a verity
+// data and hash partition, and systemd looks them up by: the first and
+// the last 128 bits of the root hash.
+func PartitionUUIDs(root []byte) (data, hash string) {
+	f := func(b []byte) string {
+		return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	}
+	return f(root[:16]), f(root[len(root)-16:])
+}
+
+// partitionFiles are the copies of a [[verity]] output's data and hash
+// tree named for sysupdate's partition transfers: the version followed by
+// _<partition UUID>.
+func partitionFiles(output, version string, root []byte) []Output {
+	d, h := PartitionUUIDs(root)
+	return []Output{
+		{File: strings.Replace(output, version, version+"_"+d, 1), Kind: "partition-data", Of: output},
+		{File: strings.Replace(output, version, version+"_"+h, 1) + ".verity", Kind: "partition-hash", Of: output + ".verity"},
+	}
 }

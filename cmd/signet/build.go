@@ -23,6 +23,7 @@ func newBuildCmd() *cobra.Command {
 	var keyVals []string
 	var sf serverFlags
 	var vkey string
+	var transfers string
 	cmd := &cobra.Command{
 		Use:   "build CONFIG [--resume=RESPONSE] [--dir=BUILD-DIR] [--key NAME=KEY]... [--server=URL]",
 		Short: "Build and sign an image in rounds (offline keys) or in one go",
@@ -40,12 +41,28 @@ serve), waited for (--timeout per round, progress on stderr), verified (with
 joined, so the build completes in one command. Offline keys configured
 without a certificate take theirs from the service. If the wait is cut short
 (timeout, or the process dies), the same command again picks up the
-submitted request; the exit status after a timeout is 75.`,
+submitted request; the exit status after a timeout is 75.
+
+--transfers=DIR only writes the [sysupdate] transfer definitions into DIR
+(for the image's /usr/lib/sysupdate.d) and builds nothing.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := build.LoadConfig(args[0])
 			if err != nil {
 				return err
+			}
+			if transfers != "" {
+				if c.Sysupdate == nil {
+					return fmt.Errorf("%s: --transfers: the configuration has no [sysupdate]", args[0])
+				}
+				names, err := build.WriteTransfers(c, transfers)
+				if err != nil {
+					return err
+				}
+				for _, n := range names {
+					fmt.Fprintln(cmd.OutOrStdout(), n)
+				}
+				return nil
 			}
 			overrides, err := namedValues("key", keyVals)
 			if err != nil {
@@ -101,6 +118,7 @@ submitted request; the exit status after a timeout is 75.`,
 	cmd.Flags().StringArrayVar(&resume, "resume", nil, "response to the pending request (repeat for partial responses by several key holders)")
 	cmd.Flags().StringVar(&dir, "dir", "", "build directory (default: the configuration's)")
 	cmd.Flags().StringArrayVar(&keyVals, "key", nil, "NAME=KEY: sign with key NAME online (PEM file or pkcs11: URI)")
+	cmd.Flags().StringVar(&transfers, "transfers", "", "only write the sysupdate transfer definitions into this directory")
 	sf.register(cmd.Flags())
 	cmd.Flags().Lookup("timeout").Usage = "with --server: give up waiting for one round's signatures after this long (exit 75)"
 	cmd.Flags().StringVar(&vkey, "audit-key", "", "with --server: note verifier key of the service's audit log (or a file holding it): check each signature's audit proof")
