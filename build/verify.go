@@ -743,6 +743,18 @@ func (v *verifier) manifestOpenPGP(o Output) {
 	}
 	v.add(o.File, "signet", "OpenPGP signature of "+sums, err)
 	home := filepath.Join(v.tmp, "gnupg")
+	// gpg puts its agent's sockets into the home directory when there is no
+	// /run/user/UID; a socket path must fit sun_path (108 bytes), which a
+	// long TMPDIR exceeds.
+	if len(home)+len("/S.gpg-agent.browser") >= 108 {
+		h, err := os.MkdirTemp("/tmp", "signet-gpg-")
+		if err != nil {
+			v.add(o.File, "gpg", "OpenPGP signature of "+sums, err)
+			return
+		}
+		defer os.RemoveAll(h)
+		home = h
+	}
 	os.MkdirAll(home, 0o700)
 	keyring := v.tmpFile("pubring.pgp", ring)
 	v.peer(o.File, "OpenPGP key import", "", "gpg", "--homedir", home, "--batch", "--quiet", "--import", keyring)
