@@ -300,7 +300,7 @@ func TestRefusals(t *testing.T) {
 	}), "ukis/../x", "clean relative path")
 	refusal(t, req(func(b *mkosiobs.Archive) {
 		b.Members = append(b.Members, mkosiobs.Member{Name: "authvars/db.auth", Path: "authvars/db.auth", Data: []byte("x")})
-	}), "authvars/db.auth", "authenticated variables")
+	}), "authvars/db.auth", "project certificate")
 
 	// The UKI changed after the archive was made: every policy disagrees.
 	f, err := os.OpenFile(out+"/img.pcrs", os.O_WRONLY|os.O_TRUNC, 0)
