@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -121,6 +122,8 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 	r := &request.Request{Format: request.FormatRequest, Build: filepath.Base(o.OutputDir), Items: []request.Item{}}
 	ukis := map[string]*ukiPolicies{}
 	var esls []*Member
+	ddis := map[string]*espVolume{}
+	defer closeESPs(ddis)
 	for i := range a.Members {
 		m := &a.Members[i]
 		k, err := Classify(m)
@@ -143,7 +146,7 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 		case KindRootHash:
 			err = rootHashItem(m, o.OutputDir, &it)
 		case KindBootloader:
-			err = refuse(m, "bootloaders inside a DDI's ESP are not read by signet; build with the boot loader signed in the image or sign it outside the archive")
+			err = bootloaderItem(m, o.OutputDir, ddis, &it)
 		case KindAuthVar:
 			err = authVarItem(m, o, &it)
 		}
@@ -193,7 +196,13 @@ func authenticodeItem(m *Member, dir string, it *request.Item) error {
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}
-	pe, err := authenticode.Parse(f, fi.Size())
+	return peItem(m, name, f, fi.Size(), it)
+}
+
+// peItem makes the Authenticode item of a member staged with pesign -E
+// (or systemd-sbsign) from the PE it was made from.
+func peItem(m *Member, name string, r io.ReaderAt, size int64, it *request.Item) error {
+	pe, err := authenticode.Parse(r, size)
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}
