@@ -30,7 +30,7 @@ func newMkosiCmd() *cobra.Command {
 		Short: "Sign the archives of mkosi's mkosi-obs profile (OBS's offline rounds)",
 		Long:  `See docs/mkosi.md.`,
 	}
-	cmd.AddCommand(newMkosiSignCmd())
+	cmd.AddCommand(newMkosiSignCmd(), newMkosiBuildCmd())
 	return cmd
 }
 
