@@ -292,4 +292,3 @@ func copyFile(from, to string, mode fs.FileMode) error {
 	}
 	return w.Commit()
 }
-

@@ -172,4 +172,3 @@ func signManifestOpenPGP(sums []byte, pk *openpgp.Key, keyName string, sign func
 	}
 	return p.Join(resp.Items[0].Signature)
 }
-
