@@ -122,8 +122,8 @@ signet submit).`,
 			var resp *request.Response
 			if keyRef != "" {
 				resp, err = signMkosiLocal(r, keyName, keyRef, certRef)
-			} else {
-				resp, err = signMkosiServer(cmd, r, &sf, &rf)
+			} else if resp, err = signMkosiServer(cmd, r, &sf, &rf); err == nil {
+				err = signedBy(resp, o.Certificate)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
@@ -172,6 +172,20 @@ func authVarContext(o *mkosiobs.Options, keyRef, certRef, epoch string) error {
 			return err
 		}
 		o.AuthVarTime = &t
+	}
+	return nil
+}
+
+// signedBy refuses an answer of the service that is not by the key of
+// cert, the project certificate mkosi joins with (when one was given).
+func signedBy(resp *request.Response, cert *x509.Certificate) error {
+	if cert == nil {
+		return nil
+	}
+	for _, s := range resp.Items {
+		if !bytes.Equal(s.Certificate, cert.Raw) {
+			return fmt.Errorf("item %s: the service signed with another certificate than --certificate= (%s), which mkosi joins with", s.ID, cert.Subject)
+		}
 	}
 	return nil
 }

@@ -82,7 +82,11 @@ SHA256SUMS and its binary OpenPGP signature SHA256SUMS.gpg. See docs/mkosi.md.`,
 				if keyRef != "" {
 					return signMkosiLocal(r, keyName, keyRef, certRef)
 				}
-				return signMkosiServer(cmd, r, &sf, &rf)
+				resp, err := signMkosiServer(cmd, r, &sf, &rf)
+				if err != nil {
+					return nil, err
+				}
+				return resp, signedBy(resp, cert)
 			}
 			stderr := cmd.ErrOrStderr()
 			rounds := &mkosiobs.Rounds{
