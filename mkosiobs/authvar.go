@@ -62,17 +62,26 @@ func authVarItem(m *Member, o Options, it *request.Item) error {
 	} else if err := et.Check(); err != nil {
 		return refuse(m, "%v", err)
 	}
-	// Name the first list that differs: a certificate signet did not
-	// expect is the likeliest tampering.
-	if lists, err := authvar.ParseLists(m.Data[off+authvar.TimeSize:]); err != nil {
+	// Name the certificate that differs: one signet did not expect is the
+	// likeliest tampering. check.Item compares every other byte.
+	lists, err := authvar.ParseLists(m.Data[off+authvar.TimeSize:])
+	if err != nil {
 		return refuse(m, "signature lists: %v", err)
-	} else if got, _ := authvar.Certificates(lists); len(got) != len(certs) {
-		return refuse(m, "%s holds %d certificates, want %d (the project certificate%s)", name, len(got), len(certs), map[bool]string{true: "", false: " and the sources' mkosi.uefi." + name + "/*.crt"}[name == "PK"])
-	} else {
-		for i := range got {
-			if !bytes.Equal(got[i].Raw, certs[i].Raw) {
-				return refuse(m, "certificate %d of %s is %q, want %q", i, name, got[i].Subject, certs[i].Subject)
-			}
+	}
+	got, err := authvar.Certificates(lists)
+	if err != nil {
+		return refuse(m, "signature lists: %v", err)
+	}
+	if len(got) != len(certs) {
+		want := "the project certificate"
+		if name != "PK" {
+			want += " and the sources' mkosi.uefi." + name + "/*.crt"
+		}
+		return refuse(m, "%s holds %d certificates, want %d (%s)", name, len(got), len(certs), want)
+	}
+	for i := range got {
+		if !bytes.Equal(got[i].Raw, certs[i].Raw) {
+			return refuse(m, "certificate %d of %s is %q, want %q", i, name, got[i].Subject, certs[i].Subject)
 		}
 	}
 	ders := make([][]byte, len(certs))
