@@ -131,10 +131,15 @@ func align4(n int) int { return (n + 3) &^ 3 }
 // size and name size rewritten (in upper-case hex), the name <Name>.sig
 // and the signature, padded to 4; then the input's trailer header; no
 // block padding. sigs is indexed by member Path and must answer every
-// member. Members not read by ReadArchive get their Header encoded.
+// member but the companions (see Companion), which get no .sig.
+// Members not read by ReadArchive get their Header encoded.
 func WriteSignatures(w io.Writer, a *Archive, sigs map[string][]byte) error {
 	var buf bytes.Buffer
-	for _, m := range a.Members {
+	for i := range a.Members {
+		m := &a.Members[i]
+		if Companion(m) {
+			continue
+		}
 		sig, ok := sigs[m.Path]
 		if !ok || len(sig) == 0 {
 			return fmt.Errorf("member %q: no signature", m.Name)

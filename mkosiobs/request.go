@@ -2,14 +2,17 @@ package mkosiobs
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"signet.dev/authenticode"
 	"signet.dev/measure"
@@ -91,6 +94,16 @@ type Options struct {
 	// Key is the key name every item is signed with (mkosi-obs signs
 	// everything with the one project key).
 	Key string
+	// Certificate is the project certificate (_projectcert.crt), which
+	// authvars/ members enroll; needed only for them.
+	Certificate *x509.Certificate
+	// SourcesDir is the round's sources (OBS's SOURCES/), whose
+	// */mkosi.uefi.{KEK,db}/*.crt mkosi appends to KEK and db. Without
+	// it, KEK and db must hold the project certificate alone.
+	SourcesDir string
+	// AuthVarTime is the SOURCE_DATE_EPOCH mkosi ran with, the EFI_TIME
+	// of its authvars/ members. Without it the member's time is taken.
+	AuthVarTime *time.Time
 }
 
 // Request builds the signet request that signs every member of a: each
@@ -108,6 +121,9 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 	}
 	r := &request.Request{Format: request.FormatRequest, Build: filepath.Base(o.OutputDir), Items: []request.Item{}}
 	ukis := map[string]*ukiPolicies{}
+	var esls []*Member
+	ddis := map[string]*espVolume{}
+	defer closeESPs(ddis)
 	for i := range a.Members {
 		m := &a.Members[i]
 		k, err := Classify(m)
@@ -116,6 +132,10 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 		}
 		if err := request.ValidID(m.Path); err != nil {
 			return nil, refuse(m, "name unusable as an item id: %v", err)
+		}
+		if Companion(m) {
+			esls = append(esls, m)
+			continue
 		}
 		it := request.Item{ID: m.Path, Key: o.Key, Hash: "sha256", TBS: m.Data}
 		switch k {
@@ -126,9 +146,9 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 		case KindRootHash:
 			err = rootHashItem(m, o.OutputDir, &it)
 		case KindBootloader:
-			err = refuse(m, "bootloaders inside a DDI's ESP are not read by signet; build with the boot loader signed in the image or sign it outside the archive")
+			err = bootloaderItem(m, o.OutputDir, ddis, &it)
 		case KindAuthVar:
-			err = refuse(m, "UEFI authenticated variables are not a kind signet checks yet")
+			err = authVarItem(m, o, &it)
 		}
 		if err != nil {
 			return nil, err
@@ -137,6 +157,14 @@ func Request(a *Archive, o Options) (*request.Request, error) {
 			return nil, refuse(m, "%v", err)
 		}
 		r.Items = append(r.Items, it)
+	}
+	for _, m := range esls {
+		if err := checkESL(m, r); err != nil {
+			return nil, err
+		}
+	}
+	if len(r.Items) == 0 {
+		return nil, fmt.Errorf("the archive has nothing to sign")
 	}
 	if err := r.Validate(); err != nil {
 		return nil, err
@@ -168,7 +196,13 @@ func authenticodeItem(m *Member, dir string, it *request.Item) error {
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}
-	pe, err := authenticode.Parse(f, fi.Size())
+	return peItem(m, name, f, fi.Size(), it)
+}
+
+// peItem makes the Authenticode item of a member staged with pesign -E
+// (or systemd-sbsign) from the PE it was made from.
+func peItem(m *Member, name string, r io.ReaderAt, size int64, it *request.Item) error {
+	pe, err := authenticode.Parse(r, size)
 	if err != nil {
 		return refuse(m, "%s: %v", name, err)
 	}

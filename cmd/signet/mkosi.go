@@ -30,7 +30,7 @@ func newMkosiCmd() *cobra.Command {
 		Short: "Sign the archives of mkosi's mkosi-obs profile (OBS's offline rounds)",
 		Long:  `See docs/mkosi.md.`,
 	}
-	cmd.AddCommand(newMkosiSignCmd())
+	cmd.AddCommand(newMkosiSignCmd(), newMkosiBuildCmd())
 	return cmd
 }
 
@@ -69,7 +69,7 @@ func requireRSA(cert *x509.Certificate) error {
 }
 
 func newMkosiSignCmd() *cobra.Command {
-	var outputDir, output, keyName, keyRef, certRef, reqOut string
+	var outputDir, output, keyName, keyRef, certRef, reqOut, sourcesDir, epoch string
 	var sf serverFlags
 	var rf resultFlags
 	cmd := &cobra.Command{
@@ -102,7 +102,11 @@ signet submit).`,
 			if err != nil {
 				return err
 			}
-			r, err := mkosiobs.Request(a, mkosiobs.Options{OutputDir: outputDir, Key: keyName})
+			o := mkosiobs.Options{OutputDir: outputDir, Key: keyName, SourcesDir: sourcesDir}
+			if err := authVarContext(&o, keyRef, certRef, epoch); err != nil {
+				return err
+			}
+			r, err := mkosiobs.Request(a, o)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
@@ -118,8 +122,8 @@ signet submit).`,
 			var resp *request.Response
 			if keyRef != "" {
 				resp, err = signMkosiLocal(r, keyName, keyRef, certRef)
-			} else {
-				resp, err = signMkosiServer(cmd, r, &sf, &rf)
+			} else if resp, err = signMkosiServer(cmd, r, &sf, &rf); err == nil {
+				err = signedBy(resp, o.Certificate)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
@@ -139,12 +143,51 @@ signet submit).`,
 	cmd.Flags().StringVarP(&output, "output", "o", "", "answer to write (default: the archive's name with .sig)")
 	cmd.Flags().StringVar(&keyName, "key-name", "mkosi", "name of the signing key in the request (the service's key name)")
 	cmd.Flags().StringVar(&keyRef, "key", "", "private key: PEM file or pkcs11: URI (RSA)")
-	cmd.Flags().StringVar(&certRef, "certificate", "", "its certificate (_projectcert.crt; default for a pkcs11: key: the token's)")
+	cmd.Flags().StringVar(&certRef, "certificate", "", "its certificate (_projectcert.crt; default for a pkcs11: key: the token's); with --server=, the project certificate authvars/ enroll")
+	cmd.Flags().StringVar(&sourcesDir, "sources", "", "the round's sources (OBS's SOURCES/): their */mkosi.uefi.{KEK,db}/*.crt are in KEK and db")
+	cmd.Flags().StringVar(&epoch, "source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "the SOURCE_DATE_EPOCH mkosi ran with: the time of authvars/ (default $SOURCE_DATE_EPOCH)")
 	cmd.Flags().StringVar(&reqOut, "request", "", "also write the signing request built from the archive here")
 	sf.register(cmd.Flags())
 	cmd.Flags().StringVar(&rf.vkey, "audit-key", "", "note verifier key of the service's audit log (or a file holding it): check the proofs")
 	cmd.Flags().StringVar(&rf.proofs, "audit-proofs", "", "also write the audit checkpoint and inclusion proofs here")
 	return cmd
+}
+
+// authVarContext fills in what authvars/ members are rebuilt from: the
+// project certificate (--certificate=, or a pkcs11: key's) and the time.
+func authVarContext(o *mkosiobs.Options, keyRef, certRef, epoch string) error {
+	if certRef == "" && strings.HasPrefix(keyRef, "pkcs11:") {
+		certRef = keyRef
+	}
+	if certRef != "" {
+		cert, _, err := loadCert(certRef)
+		if err != nil {
+			return err
+		}
+		o.Certificate = cert
+	}
+	if epoch != "" {
+		t, err := mkosiobs.SourceDateEpoch(epoch)
+		if err != nil {
+			return err
+		}
+		o.AuthVarTime = &t
+	}
+	return nil
+}
+
+// signedBy refuses an answer of the service that is not by the key of
+// cert, the project certificate mkosi joins with (when one was given).
+func signedBy(resp *request.Response, cert *x509.Certificate) error {
+	if cert == nil {
+		return nil
+	}
+	for _, s := range resp.Items {
+		if !bytes.Equal(s.Certificate, cert.Raw) {
+			return fmt.Errorf("item %s: the service signed with another certificate than --certificate= (%s), which mkosi joins with", s.ID, cert.Subject)
+		}
+	}
+	return nil
 }
 
 // signMkosiLocal signs every item of r with one key: mkosi-obs signs

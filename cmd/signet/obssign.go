@@ -479,7 +479,9 @@ func obsBulkCPIO(c *obsSignConfig, k *obsSignKey, cert *x509.Certificate, file s
 	if err != nil {
 		return &fatalError{err}
 	}
-	r, err := mkosiobs.Request(a, mkosiobs.Options{OutputDir: filepath.Dir(file), Key: k.Name})
+	// The build's SOURCE_DATE_EPOCH is not known here: authvars/ keep
+	// the time they were staged with.
+	r, err := mkosiobs.Request(a, mkosiobs.Options{OutputDir: filepath.Dir(file), Key: k.Name, Certificate: cert})
 	if err != nil {
 		return fatalf("%s: %v", file, err)
 	}
