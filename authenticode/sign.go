@@ -365,6 +365,9 @@ func (f *File) emit(w io.Writer, build func(digest []byte) ([]byte, error)) erro
 	return err
 }
 
+// copyPiece is how much copyRaw copies before starting its write-back.
+const copyPiece = 16 << 20
+
 // copyRaw copies the input to w unchanged. From an *os.File to an
 // *os.File, io.Copy lets the kernel copy (copy_file_range), which leaves
 // this core free; it moves the input file's offset.
@@ -373,11 +376,24 @@ func (f *File) copyRaw(w io.Writer) error {
 		if _, err := src.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
-		n, err := io.CopyN(w, src, f.size)
-		if err == io.EOF || (err == nil && n != f.size) {
-			err = fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
+		// In pieces, each handed to write-back as soon as it is copied:
+		// the output's sync then overlaps the hashing.
+		dst, _ := w.(interface{ Fd() uintptr })
+		for off := int64(0); off < f.size; {
+			piece := min(copyPiece, f.size-off)
+			n, err := io.CopyN(w, src, piece)
+			if err == io.EOF || (err == nil && n != piece) {
+				return fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
+			}
+			if err != nil {
+				return err
+			}
+			if dst != nil {
+				startWriteback(dst.Fd(), off, n)
+			}
+			off += n
 		}
-		return err
+		return nil
 	}
 	return f.copyTo(w, nil)
 }
