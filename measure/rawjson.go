@@ -158,14 +158,14 @@ func sdNumber(lit string) (jvalue, error) {
 
 // quote writes s as sd-json does: '"' and '\' escaped, \b \f \n \r \t,
 // other bytes below 0x20 as \u00xx, everything else (UTF-8, DEL) as is.
-// In the Python style (ukify's json.dumps) non-ASCII characters are
-// escaped too, as \uxxxx (UTF-16).
+// In the Python style (ukify's json.dumps) DEL and non-ASCII characters
+// are escaped too, as \uxxxx (UTF-16).
 func quote(b *bytes.Buffer, s string, st Style) {
 	const hex = "0123456789abcdef"
 	b.WriteByte('"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c >= 0x80 && st == Python {
+		if c >= 0x7f && st == Python {
 			r, n := utf8.DecodeRuneInString(s[i:])
 			for _, u := range utf16.Encode([]rune{r}) {
 				fmt.Fprintf(b, `\u%04x`, u)
