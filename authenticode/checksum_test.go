@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"signet.dev/internal/filecopy"
 	"signet.dev/internal/testkeys"
 	"signet.dev/pe"
 )
@@ -66,7 +67,7 @@ func mustChecksum(t *testing.T, f *File) uint32 {
 // and sbverify accepts it.
 func TestCopyInPieces(t *testing.T) {
 	k := testkeys.Generate(t, testkeys.RSA2048) // deterministic signatures
-	in := writeFile(t, "pieces.efi", synth{sections: []int{copyPiece + 0x1001, 0x200, copyPiece/2 + 3}, trailing: 5}.build())
+	in := writeFile(t, "pieces.efi", synth{sections: []int{filecopy.Piece + 0x1001, 0x200, filecopy.Piece/2 + 3}, trailing: 5}.build())
 	out := signFile(t, in, k, fixedTime)
 	var buf bytes.Buffer
 	if err := Sign(parseFile(t, in), k.Signer, k.Cert, fixedTime, &buf); err != nil {

@@ -17,6 +17,7 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"signet.dev/cms"
+	"signet.dev/internal/filecopy"
 	"signet.dev/keys"
 	"signet.dev/pe"
 )
@@ -365,9 +366,6 @@ func (f *File) emit(w io.Writer, build func(digest []byte) ([]byte, error)) erro
 	return err
 }
 
-// copyPiece is how much copyRaw copies before starting its write-back.
-const copyPiece = 16 << 20
-
 // copyRaw copies the input to w unchanged. From an *os.File to an
 // *os.File, io.Copy lets the kernel copy (copy_file_range), which leaves
 // this core free; it moves the input file's offset.
@@ -378,9 +376,9 @@ func (f *File) copyRaw(w io.Writer) error {
 		}
 		// In pieces, each handed to write-back as soon as it is copied:
 		// the output's sync then overlaps the hashing.
-		dst, _ := w.(interface{ Fd() uintptr })
+		dst, _ := w.(filecopy.File)
 		for off := int64(0); off < f.size; {
-			piece := min(copyPiece, f.size-off)
+			piece := min(filecopy.Piece, f.size-off)
 			n, err := io.CopyN(w, src, piece)
 			if err == io.EOF || (err == nil && n != piece) {
 				return fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
@@ -389,7 +387,7 @@ func (f *File) copyRaw(w io.Writer) error {
 				return err
 			}
 			if dst != nil {
-				startWriteback(dst.Fd(), off, n)
+				filecopy.StartWriteback(dst, off, n)
 			}
 			off += n
 		}
