@@ -38,7 +38,8 @@ compare() {
 			args+=(-n "${names[j]}" "${cmds[j]}")
 		done
 		hyperfine --style none --warmup 1 --runs "$runs" ${PREPARE:+--prepare "$PREPARE"} \
-			--export-json "$work/cmp-$r.json" "${args[@]}" >/dev/null 2>>"$work/hyperfine.log"
+			--export-json "$work/cmp-$r.json" "${args[@]}" >/dev/null 2>>"$work/hyperfine.log" ||
+			{ tail -3 "$work/hyperfine.log" >&2; return 1; }
 		jsons+=("$work/cmp-$r.json")
 	done
 	python3 - "$label" "$target" "$load0 -> $(cut -d' ' -f1-3 /proc/loadavg)" "${names[0]}" "${names[1]}" "${jsons[@]}" <<'PY'
