@@ -17,6 +17,7 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"signet.dev/cms"
+	"signet.dev/internal/filecopy"
 	"signet.dev/keys"
 	"signet.dev/pe"
 )
@@ -373,11 +374,24 @@ func (f *File) copyRaw(w io.Writer) error {
 		if _, err := src.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
-		n, err := io.CopyN(w, src, f.size)
-		if err == io.EOF || (err == nil && n != f.size) {
-			err = fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
+		// In pieces, each handed to write-back as soon as it is copied:
+		// the output's sync then overlaps the hashing.
+		dst, _ := w.(filecopy.File)
+		for off := int64(0); off < f.size; {
+			piece := min(filecopy.Piece, f.size-off)
+			n, err := io.CopyN(w, src, piece)
+			if err == io.EOF || (err == nil && n != piece) {
+				return fmt.Errorf("%w: input shrank while being copied", ErrTruncated)
+			}
+			if err != nil {
+				return err
+			}
+			if dst != nil {
+				filecopy.StartWriteback(dst, off, n)
+			}
+			off += n
 		}
-		return err
+		return nil
 	}
 	return f.copyTo(w, nil)
 }

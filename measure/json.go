@@ -75,7 +75,7 @@ func writeJSON(b *bytes.Buffer, v jvalue, st Style, depth int) {
 				b.WriteString(sep)
 			}
 			nl(depth + 1)
-			b.WriteString(strconv.Quote(kv.k))
+			quote(b, kv.k, st)
 			b.WriteString(colon)
 			writeJSON(b, kv.v, st, depth+1)
 		}
@@ -97,10 +97,12 @@ func writeJSON(b *bytes.Buffer, v jvalue, st Style, depth int) {
 		}
 		b.WriteByte(']')
 	case string:
-		// Only hex, base64 and phase words reach here: strconv.Quote
-		// escapes nothing in them, so it agrees with every JSON encoder.
-		b.WriteString(strconv.Quote(x))
+		quote(b, x, st)
 	case int:
 		b.WriteString(strconv.Itoa(x))
+	case jnumber:
+		b.WriteString(string(x))
+	case jliteral:
+		b.WriteString(string(x))
 	}
 }

@@ -297,7 +297,7 @@ func TestPCRSigRoundTrip(t *testing.T) {
 		t.Fatalf("python style:\n%s\n%s", got, ukify)
 	}
 	for _, bad := range []string{
-		`[]`, `{"md5":[]}`, `{"sha256":[{"pcrs":[11],"pol":"00"}]}`, `{"sha256":[{"pcrs":[11],"pol":"` + strings.Repeat("01", 32) + `","tbs":"x"}]}`,
+		`[]`, `{"sha256":{}}`, `{"md5":1,"md5":2}`, `{"x":[1e999]}`, `{"sha256":[{"pcrs":[11],"pol":"00"}]}`, `{"sha256":[{"pcrs":[11],"pol":"` + strings.Repeat("01", 32) + `","tbs":"x"}]}`,
 		`{"sha256":[]}{}`, `{"sha256":[{"pcrs":[99],"pol":"` + strings.Repeat("01", 32) + `"}]}`, `{"sha256":[],"sha256":[]}`,
 	} {
 		if _, err := measure.ParsePCRSig([]byte(bad)); err == nil {
@@ -307,7 +307,8 @@ func TestPCRSigRoundTrip(t *testing.T) {
 }
 
 // systemd 262's documents: ref and tbs are read, members signet does not
-// know are ignored as systemd ignores them, and malformed known members
+// know are kept (systemd's readers ignore them, --append keeps them), and
+// malformed known members
 // (tbs that is not pol ‖ SHA256(ref), a ref that is not a string) are
 // refused.
 func TestPCRSigRefAndTBS(t *testing.T) {
@@ -326,14 +327,21 @@ func TestPCRSigRefAndTBS(t *testing.T) {
 	if got := string(p.Marshal(measure.Short)); got != doc {
 		t.Fatalf("re-encoded:\n%s\n%s", got, doc)
 	}
-	// Unknown members, of any JSON type, are skipped.
-	future := `{"sha256":[{"pcrs":[11],"x-new":{"a":[1,2]},"pol":"` + pol + `","later":null,"sig":"AAEC"}]}`
+	// Unknown members, of any JSON type, stay where they were; a member
+	// the document lacked (sig, after a join) goes after the others.
+	future := `{"x":1.5,"sha256":[{"pcrs":[11],"x-new":{"a":[1,-0]},"pol":"` + pol + `","later":null}],"SHA1":"\u00e9"}`
 	p, err = measure.ParsePCRSig([]byte(future))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(p.Marshal(measure.Short)); got != `{"sha256":[{"pcrs":[11],"pol":"`+pol+`","sig":"AAEC"}]}` {
+	want := `{"x":1.500000000000000000000e+00,"sha256":[{"pcrs":[11],"x-new":{"a":[1,0]},"pol":"` + pol + `","later":null}],"SHA1":"\u00e9"}`
+	if got := string(p.Marshal(measure.Python)); got != strings.NewReplacer(":", ": ", ",", ", ").Replace(want) {
 		t.Fatalf("unknown members: %s", got)
+	}
+	p.Banks[0].Entries[0].Sig = []byte{0, 1, 2}
+	want = `{"x":1.500000000000000000000e+00,"sha256":[{"pcrs":[11],"x-new":{"a":[1,0]},"pol":"` + pol + `","later":null,"sig":"AAEC"}],"SHA1":"é"}`
+	if got := string(p.Marshal(measure.Short)); got != want {
+		t.Fatalf("unknown members:\n%s\n%s", got, want)
 	}
 	for _, bad := range []string{
 		`{"sha256":[{"pcrs":[11],"ref":"initrd","pol":"` + pol + `","tbs":"` + pol + `"}]}`,
@@ -411,9 +419,26 @@ func TestMergeBankOrder(t *testing.T) {
 	}
 }
 
+// Members that are not banks keep their places when --append moves the
+// touched banks to the end.
+func TestMergeKeepsOtherMembers(t *testing.T) {
+	e := func(b string) string { return `[{"pcrs":[11],"pol":"` + strings.Repeat(b, 32) + `"}]` }
+	base, err := measure.ParsePCRSig([]byte(`{"a":1,"sha1":` + e("01") + `,"b":2,"sha256":` + e("02") + `,"c":3}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add, _ := measure.ParsePCRSig([]byte(`{"sha1":` + e("03") + `,"sha512":` + e("04") + `}`))
+	base.Merge(add)
+	want := `{"a":1,"b":2,"sha256":` + e("02") + `,"c":3,"sha1":[{"pcrs":[11],"pol":"` + strings.Repeat("01", 32) + `"},{"pcrs":[11],"pol":"` + strings.Repeat("03", 32) + `"}],"sha512":` + e("04") + `}`
+	if got := string(base.Marshal(measure.Short)); got != want {
+		t.Fatalf("merged:\n%s\nwant\n%s", got, want)
+	}
+}
+
 func FuzzParsePCRSig(f *testing.F) {
 	f.Add([]byte(`{"sha256":[{"pcrs":[11],"ref":"initrd","pol":"` + strings.Repeat("01", 32) + `","tbs":"` + strings.Repeat("01", 32) + `d4c3e8b9a4b3c1e2"},{"pcrs":[11],"x":[{}],"pol":"` + strings.Repeat("02", 32) + `"}]}`))
 	f.Add([]byte(`{"sha256": [{"pcrs": [11], "pol": "` + strings.Repeat("01", 32) + `", "sig": "AAEC"}]}`))
+	f.Add([]byte(`{"n":[1e2,-0,"\u2028\u0001",{"a":null}],"sha1":[{"q":true,"pcrs":[11],"pol":"` + strings.Repeat("01", 32) + `"}],"SHA1":[]}`))
 	f.Add([]byte(`{"sha1":[{"pcrs":[11],"pkfp":"` + hex.EncodeToString(make([]byte, 32)) + `","pol":"` + strings.Repeat("ff", 32) + `"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := measure.ParsePCRSig(data)

@@ -25,9 +25,19 @@ import (
 const PCR = 11
 
 // PCRSig is a .pcrsig document: per bank, a list of signed PCR 11 policies.
-// Banks keep the order they were added or parsed in.
+// Banks keep the order they were added or parsed in. Members of a parsed
+// document that are not banks are kept in place and written back.
 type PCRSig struct {
 	Banks []SigBank
+	other []otherMember
+}
+
+// otherMember is a top-level member that is not a bank; it stands after
+// the first `after` banks.
+type otherMember struct {
+	name  string
+	v     jvalue
+	after int
 }
 
 // SigBank is one bank's entries.
@@ -49,6 +59,10 @@ type SigEntry struct {
 	// documents carry none.
 	TBS []byte
 	Sig []byte // raw signature over PolicyTBS(Pol, Ref) with SHA-256; nil before signing
+	// layout is a parsed entry's members in document order, with the
+	// values of those signet does not know (nil for known ones), so that
+	// Marshal writes the entry back as it was.
+	layout jobject
 }
 
 // Signed returns the bytes the entry's signature covers: pol, or
@@ -80,9 +94,10 @@ func (p *PCRSig) Add(bank string, e SigEntry) {
 }
 
 // Merge appends every entry of q as systemd-measure --append= does: each
-// bank q has gets its entries appended and moves behind the banks q lacks
+// bank q has gets its entries appended and moves behind every other member
 // (systemd replaces the bank's member, and sd_json_variant_set_field()
-// puts a replaced member at the end).
+// puts a replaced member at the end); members p has that are not banks
+// stay where they are.
 func (p *PCRSig) Merge(q *PCRSig) {
 	for _, b := range q.Banks {
 		var entries []SigEntry
@@ -90,6 +105,11 @@ func (p *PCRSig) Merge(q *PCRSig) {
 			if p.Banks[i].Bank == b.Bank {
 				entries = p.Banks[i].Entries
 				p.Banks = append(p.Banks[:i:i], p.Banks[i+1:]...)
+				for j := range p.other {
+					if p.other[j].after > i {
+						p.other[j].after--
+					}
+				}
 				break
 			}
 		}
@@ -102,10 +122,15 @@ func (p *PCRSig) Merge(q *PCRSig) {
 // newline (systemd-measure prints one after it; ukify embeds none).
 func (p *PCRSig) Marshal(st Style) []byte {
 	obj := jobject{}
-	for _, b := range p.Banks {
+	others := p.other
+	for bi, b := range p.Banks {
+		for len(others) > 0 && others[0].after <= bi {
+			obj = append(obj, jkv{others[0].name, others[0].v})
+			others = others[1:]
+		}
 		arr := jarray{}
 		for _, e := range b.Entries {
-			o := jobject{}
+			o := jobject{} // the known members, in systemd's order
 			pcrs := jarray{}
 			for _, n := range e.PCRs {
 				pcrs = append(pcrs, n)
@@ -124,11 +149,43 @@ func (p *PCRSig) Marshal(st Style) []byte {
 			if e.Sig != nil {
 				o = append(o, jkv{"sig", base64.StdEncoding.EncodeToString(e.Sig)})
 			}
-			arr = append(arr, o)
+			arr = append(arr, e.arrange(o))
 		}
 		obj = append(obj, jkv{b.Bank, arr})
 	}
+	for _, m := range others {
+		obj = append(obj, jkv{m.name, m.v})
+	}
 	return encode(obj, st)
+}
+
+// arrange lays out an entry's known members (in systemd's order) as the
+// parsed entry had them, its other members among them; known members the
+// parsed entry lacked follow.
+func (e SigEntry) arrange(known jobject) jobject {
+	if e.layout == nil {
+		return known
+	}
+	out := make(jobject, 0, len(e.layout)+len(known))
+	used := make([]bool, len(known))
+	for _, m := range e.layout {
+		if m.v != nil {
+			out = append(out, m)
+			continue
+		}
+		for i, k := range known {
+			if k.k == m.k && !used[i] {
+				out = append(out, k)
+				used[i] = true
+			}
+		}
+	}
+	for i, k := range known {
+		if !used[i] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // ErrMalformed is returned by ParsePCRSig for a document that is not a
@@ -139,9 +196,11 @@ var ErrMalformed = errors.New("malformed .pcrsig JSON")
 // known bank names, each an array of objects with pcrs (integers 0-23),
 // optional pkfp (hex), optional ref (a string), pol (32 bytes hex),
 // optional tbs (hex, which must be pol ‖ SHA256(ref)) and optional sig
-// (base64). Members it does not know are ignored, as systemd's
-// find_signature() and ukify do; a known member that is malformed is an
-// error. A trailing NUL and whitespace (ukify's padding) are accepted.
+// (base64). Members it does not know (top-level or in an entry) do not
+// matter to signet, as to systemd's find_signature() and ukify, and are
+// kept for Marshal, as systemd-measure --append= keeps them; a known member
+// that is malformed is an error. A trailing NUL and whitespace (ukify's
+// padding) are accepted.
 func ParsePCRSig(data []byte) (*PCRSig, error) {
 	data = bytes.TrimRight(data, "\x00 \t\r\n")
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -160,20 +219,30 @@ func ParsePCRSig(data []byte) (*PCRSig, error) {
 			return nil, bad("%v", err)
 		}
 		name := t.(string)
-		if _, err := ParseBank(name); err != nil || name != strings.ToLower(name) {
-			return nil, bad("unknown bank %q", name)
-		}
 		if seen[name] {
-			return nil, bad("bank %q appears twice", name)
+			return nil, bad("member %q appears twice", name)
 		}
 		seen[name] = true
-		var raw []map[string]json.RawMessage
+		if _, err := ParseBank(name); err != nil || name != strings.ToLower(name) {
+			// Not a bank (systemd looks banks up by their exact name).
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				return nil, bad("member %q: %v", name, err)
+			}
+			v, err := rawValue(raw)
+			if err != nil {
+				return nil, bad("member %q: %v", name, err)
+			}
+			p.other = append(p.other, otherMember{name, v, len(p.Banks)})
+			continue
+		}
+		var raw []json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			return nil, bad("bank %q: %v", name, err)
 		}
 		sb := SigBank{Bank: name}
-		for i, m := range raw {
-			e, err := parseEntry(m)
+		for i, r := range raw {
+			e, err := parseEntry(r)
 			if err != nil {
 				return nil, bad("bank %q entry %d: %v", name, i, err)
 			}
@@ -190,8 +259,28 @@ func ParsePCRSig(data []byte) (*PCRSig, error) {
 	return p, nil
 }
 
-func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
+// entryMembers are the members of an entry signet reads.
+var entryMembers = []string{"pcrs", "pkfp", "ref", "pol", "tbs", "sig"}
+
+func parseEntry(r json.RawMessage) (SigEntry, error) {
 	var e SigEntry
+	members, err := objectMembers(r)
+	if err != nil {
+		return e, err
+	}
+	m := map[string]json.RawMessage{}
+	for _, mb := range members {
+		if slices.Contains(entryMembers, mb.name) {
+			m[mb.name] = mb.raw
+			e.layout = append(e.layout, jkv{mb.name, nil})
+			continue
+		}
+		v, err := rawValue(mb.raw)
+		if err != nil {
+			return e, fmt.Errorf("member %q: %v", mb.name, err)
+		}
+		e.layout = append(e.layout, jkv{mb.name, v})
+	}
 	raw, ok := m["pcrs"]
 	if !ok {
 		return e, errors.New("no pcrs")
@@ -215,7 +304,6 @@ func parseEntry(m map[string]json.RawMessage) (SigEntry, error) {
 		}
 		return b, nil
 	}
-	var err error
 	if _, ok := m["pkfp"]; ok {
 		if e.Pkfp, err = hexField("pkfp", sha256.Size); err != nil {
 			return e, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"signet.dev/internal/filecopy"
 	"signet.dev/pe"
 )
 
@@ -234,7 +235,7 @@ func (im *image) WriteTo(w io.Writer) (int64, error) {
 		if err := zeros(cw, int64(s.PointerToRawData)-cw.n); err != nil {
 			return cw.n, err
 		}
-		if _, err := io.Copy(cw, io.NewSectionReader(s.src, 0, s.srcLen)); err != nil {
+		if err := copySection(cw, bw, w, s); err != nil {
 			return cw.n, fmt.Errorf("section %s: %w", s.Name, err)
 		}
 		if err := zeros(cw, int64(s.PointerToRawData)+int64(s.SizeOfRawData)-cw.n); err != nil {
@@ -245,6 +246,43 @@ func (im *image) WriteTo(w io.Writer) (int64, error) {
 		return cw.n, cw.err
 	}
 	return cw.n, bw.Flush()
+}
+
+// kernelCopyMin is the section size from which copySection lets the kernel
+// copy the data.
+const kernelCopyMin = 1 << 20
+
+// copySection writes s's data to cw (which buffers into bw, which writes
+// to w). A large section from a file going to a file is copied by the
+// kernel (copy_file_range, its write-back started at once) instead of
+// through this process's memory; what the kernel cannot copy is copied
+// here.
+func copySection(cw *countWriter, bw *bufio.Writer, w io.Writer, s *outSection) error {
+	var done int64
+	dst, dstOK := w.(interface {
+		filecopy.File
+		io.Seeker
+	})
+	src, srcOff, srcOK := filecopy.Source(s.src)
+	if dstOK && srcOK && s.srcLen >= kernelCopyMin && cw.err == nil {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		pos, err := dst.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return err
+		}
+		done, err = filecopy.Range(dst, src, pos, srcOff, s.srcLen)
+		if err != nil {
+			return err
+		}
+		if _, err := dst.Seek(done, io.SeekCurrent); err != nil {
+			return err
+		}
+		cw.n += done
+	}
+	_, err := io.Copy(cw, io.NewSectionReader(s.src, done, s.srcLen-done))
+	return err
 }
 
 func sortByRaw(s []*outSection) {
