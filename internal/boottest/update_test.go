@@ -154,6 +154,7 @@ func TestUpdate(t *testing.T) {
 			t.Fatalf("first make-policy: %q, want rc=0 pcr4=2 pcr11=4 (PCRs 4 and 11 kept, one UKI):\n%s", v, c1.Tail(60))
 		}
 		c1.Expect(t, "BOOTPROOF: ENROLLED-COMBINED", "BOOTPROOF: UNLOCKED[release1] signet-luks-secret")
+		t.Logf("release 1: make-policy %s (%s)", c1.Value(UpdatePolicyPrefix), c1.Value("BOOTPROOF: make-policy: PCRs in protection mask:"))
 	})
 	t.Run("TamperedManifestRefused", func(t *testing.T) {
 		need(t, c1)
@@ -208,6 +209,9 @@ func TestUpdate(t *testing.T) {
 		// Secure Boot signature and .pcrsig are as valid as they were.
 		c.Expect(t, "secureboot: Secure boot enabled", GuestStart, UpdateReleasePrefix+"1", "BOOTPROOF: UNLOCK-FAILED[downgrade]")
 		c.Refuse(t, "BOOTPROOF: UNLOCKED[")
+		for _, l := range values(c, "BOOTPROOF: attach: ") {
+			t.Logf("downgrade: systemd-cryptsetup: %s", l)
+		}
 	})
 }
 
