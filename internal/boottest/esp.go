@@ -15,6 +15,13 @@ import (
 // path. It uses mkfs.vfat -C and mtools, so no loop device is needed.
 func ESP(t testing.TB, dir, name string, files map[string][]byte) string {
 	t.Helper()
+	return FAT(t, dir, name, "ESP", 32<<20, files)
+}
+
+// FAT is ESP with another file system label and room bytes free beyond the
+// files (ESP leaves 32 MiB).
+func FAT(t testing.TB, dir, name, label string, room int64, files map[string][]byte) string {
+	t.Helper()
 	img := filepath.Join(dir, name+".img")
 	stage := filepath.Join(dir, name+".files")
 	var total int64
@@ -27,10 +34,10 @@ func ESP(t testing.TB, dir, name string, files map[string][]byte) string {
 		total += int64(len(b))
 	}
 	sort.Strings(names)
-	// Room for FAT32 metadata and cluster slack: 32 MiB beyond the data.
-	kib := (total+32<<20)/1024 + 1
+	// Room for FAT32 metadata, cluster slack and what is to be added.
+	kib := (total+room)/1024 + 1
 	os.Remove(img)
-	Run(t, "mkfs.vfat", "-C", "-n", "ESP", "-i", "5e7b00c1", img, fmt.Sprint(kib))
+	Run(t, "mkfs.vfat", "-C", "-n", label, "-i", "5e7b00c1", img, fmt.Sprint(kib))
 	dirs := map[string]bool{}
 	var mk []string
 	for _, p := range names {
@@ -69,4 +76,16 @@ func LoaderConf(entry string, extra ...string) []byte {
 		s += l + "\n"
 	}
 	return []byte(s)
+}
+
+// FATPut writes data to path (absolute, its directory present) in the FAT
+// image img, replacing a file that is there.
+func FATPut(t testing.TB, img, p string, data []byte) {
+	t.Helper()
+	src := img + ".put"
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(src)
+	Run(t, "mcopy", "-o", "-i", img, src, "::"+p)
 }

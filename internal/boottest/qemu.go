@@ -37,6 +37,10 @@ type Machine struct {
 	// Stop lists console strings that end the boot as soon as they appear
 	// (a refusal, say); the boot ends anyway when the guest powers off.
 	Stop []string
+	// Net, when set, is the -nic argument (e.g. user networking
+	// restricted to one guestfwd to a loopback server); empty means no
+	// network.
+	Net string
 	// Accel is "tcg" or "kvm"; empty means $SIGNET_BOOT_ACCEL, else tcg.
 	// OVMF's Secure Boot build needs SMM, which not every KVM offers (see
 	// docs/boot-test.md).
@@ -217,7 +221,12 @@ func Boot(t testing.TB, m Machine) *Console {
 		"-device", "virtio-blk-pci,drive=esp,bootindex=1",
 		"-display", "none", "-monitor", "none", "-parallel", "none",
 		"-serial", "file:" + logPath,
-		"-nic", "none", "-no-reboot",
+		"-no-reboot",
+	}
+	if m.Net == "" {
+		args = append(args, "-nic", "none")
+	} else {
+		args = append(args, "-nic", m.Net)
 	}
 	for i, d := range m.Disks {
 		id := fmt.Sprintf("disk%d", i)
