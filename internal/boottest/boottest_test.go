@@ -68,3 +68,14 @@ func TestESPPeer(t *testing.T) {
 	}
 	Run(t, "fsck.vfat", "-n", img)
 }
+
+func TestEarlyPanic(t *testing.T) {
+	early := "[    1.06] efi_enter_virtual_mode+0x3e8/0x44b\n[    1.06] ---[ end Kernel panic - not syncing: Attempted to kill the idle task! ]---\n"
+	late := "[    2.1] Run /init as init process\n[    9.0] ---[ end Kernel panic - not syncing: VFS: Unable to mount root fs ]---\n"
+	if !earlyPanic(early) {
+		t.Error("a panic before /init is not taken as the emulation's")
+	}
+	if earlyPanic(late) || earlyPanic("[    2.1] Run /init as init process\n") {
+		t.Error("a panic after /init (or no panic) is taken as the emulation's")
+	}
+}
