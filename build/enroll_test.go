@@ -314,3 +314,32 @@ db-keys = ["db"]
 		})
 	}
 }
+
+// FuzzEnrollConfig feeds LoadConfig variations of a configuration with a
+// [secure-boot-enroll] table: refusals are errors, never panics.
+func FuzzEnrollConfig(f *testing.F) {
+	f.Add([]byte(`[keys.pk]
+certificate = "pk.crt"
+key = "offline"
+[keys.kek]
+certificate = "kek.crt"
+key = "offline"
+[keys.db]
+certificate = "db.crt"
+key = "offline"
+[secure-boot-enroll]
+name = "auto"
+pk-key = "pk"
+kek-key = "kek"
+db-keys = ["db"]
+db-certificates = ["extra.crt"]
+owner = "8d54a3a6-2c1e-4b7f-9a39-5e2b1c0f5e11"
+`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(p, data, 0o644)
+		if c, err := LoadConfig(p); err == nil {
+			ExpectedOutputs(c)
+		}
+	})
+}
