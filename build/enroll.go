@@ -35,6 +35,10 @@ type EnrollConfig struct {
 	// that order.
 	DBKeys         []string `toml:"db-keys"`
 	DBCertificates []string `toml:"db-certificates"`
+	// DBXCertificates, when set, are certificate files dbx holds (the
+	// forbidden signatures database): dbx.auth, signed by KEK, which
+	// systemd-boot enrolls with the others.
+	DBXCertificates []string `toml:"dbx-certificates"`
 	// Owner is the SignatureOwner GUID of every list (default all zeros,
 	// as signet authvar create).
 	Owner string `toml:"owner"`
@@ -44,8 +48,14 @@ type EnrollConfig struct {
 // of the auto-enroll set: loader/keys/NAME/{PK,KEK,db}.auth.
 const EnrollDir = "loader"
 
-// enrollVars are the variables of an auto-enroll set in enrollment order.
-var enrollVars = []string{"PK", "KEK", "db"}
+// vars are the variables of the set: PK, KEK, db, and dbx when it holds
+// certificates.
+func (e *EnrollConfig) vars() []string {
+	if len(e.DBXCertificates) > 0 {
+		return []string{"PK", "KEK", "db", "dbx"}
+	}
+	return []string{"PK", "KEK", "db"}
+}
 
 // AuthFile is the build output name of variable v's update (the name
 // mkosi-obs stages it under, authvars/<v>.auth).
@@ -59,7 +69,7 @@ func (e *EnrollConfig) ESPPath(v string) string {
 
 // signer names the key that signs variable v.
 func (e *EnrollConfig) signer(v string) string {
-	if v == "db" {
+	if v == "db" || v == "dbx" {
 		return e.KEKKey
 	}
 	return e.PKKey
@@ -103,7 +113,7 @@ func (c *Config) checkEnroll(output func(what, name string) error, key func(what
 			return fmt.Errorf("%s: db-keys: empty key name", what)
 		}
 	}
-	for _, v := range enrollVars {
+	for _, v := range e.vars() {
 		if err := output(what, AuthFile(v)); err != nil {
 			return err
 		}
@@ -119,7 +129,8 @@ func (e *EnrollConfig) ownerText() string {
 }
 
 // enrollCertificates returns the certificates variable v holds: PK's, KEK's,
-// or db's (its keys' then its files'). cert gives a key's certificate.
+// db's (its keys' then its files') or dbx's. cert gives a key's
+// certificate.
 func (c *Config) enrollCertificates(v string, cert func(name string) (*x509.Certificate, error)) ([]*x509.Certificate, error) {
 	e := c.Enroll
 	var names []string
@@ -128,7 +139,7 @@ func (c *Config) enrollCertificates(v string, cert func(name string) (*x509.Cert
 		names = []string{e.PKKey}
 	case "KEK":
 		names = []string{e.KEKKey}
-	default:
+	case "db":
 		names = e.DBKeys
 	}
 	var out []*x509.Certificate
@@ -139,11 +150,15 @@ func (c *Config) enrollCertificates(v string, cert func(name string) (*x509.Cert
 		}
 		out = append(out, cr)
 	}
-	if v == "db" {
-		for _, f := range e.DBCertificates {
+	files, what := e.DBCertificates, "db-certificates"
+	if v == "dbx" {
+		files, what = e.DBXCertificates, "dbx-certificates"
+	}
+	if v == "db" || v == "dbx" {
+		for _, f := range files {
 			cs, err := keys.LoadCertificates(c.Path(f))
 			if err != nil {
-				return nil, fmt.Errorf("db-certificates %s: %w", f, err)
+				return nil, fmt.Errorf("%s %s: %w", what, f, err)
 			}
 			out = append(out, cs...)
 		}
@@ -164,7 +179,7 @@ func (p *pass) enroll(e *EnrollConfig) error {
 	when := authvar.TimeOf(p.buildTime())
 	cert := func(name string) (*x509.Certificate, error) { return p.keys[name].cert, nil }
 	missing := false
-	for _, v := range enrollVars {
+	for _, v := range e.vars() {
 		certs, err := p.c.enrollCertificates(v, cert)
 		if err != nil {
 			return err
@@ -226,10 +241,10 @@ func (c *Config) enrollOutputs() []Output {
 		return nil
 	}
 	var outs []Output
-	for _, v := range enrollVars {
+	for _, v := range e.vars() {
 		outs = append(outs, Output{File: AuthFile(v), Kind: "authvar", Of: v, Keys: map[string]string{"signer": e.signer(v)}})
 	}
-	for _, v := range enrollVars {
+	for _, v := range e.vars() {
 		outs = append(outs, Output{File: e.ESPPath(v), Kind: "authvar-esp", Of: AuthFile(v)})
 	}
 	return outs

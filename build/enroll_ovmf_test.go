@@ -16,7 +16,9 @@ import (
 // loader/ tree as it is. From an empty variable store (setup mode)
 // systemd-boot (secure-boot-enroll force) enrolls the set and resets; the
 // next boot of that store runs with Secure Boot enabled and the build's
-// UKI runs, and a last boot shows an unsigned UKI refused by the firmware.
+// UKI runs; an unsigned UKI is refused by the firmware; a UKI signed by a
+// certificate db holds from db-certificates runs, and one signed by a
+// certificate dbx (dbx-certificates) also holds is refused.
 func TestEnrollOVMF(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(enrollEpoch.Unix()))
 	dir := t.TempDir()
@@ -31,7 +33,7 @@ func TestEnrollOVMF(t *testing.T) {
 	if err := os.WriteFile(osrel, []byte("ID=signet-enroll\nNAME=\"signet enroll test\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := writeEnrollConfig(t, dir, k, true, fmt.Sprintf(`
+	cfg := writeEnrollConfig(t, dir, k, true, k.dbx(), fmt.Sprintf(`
 [[uki]]
 output = "signet.efi"
 stub = %q
@@ -46,6 +48,10 @@ secure-boot-key = "db"
 	}
 	build := filepath.Join(dir, "build")
 	unsigned := boottest.UKI(t, dir, "unsigned", boottest.Initrd(t, "SIGNET-UNSIGNED"), cmdline)
+	// db also holds extra's and revoked's certificates (db-certificates);
+	// dbx holds revoked's (dbx-certificates).
+	extra := boottest.Sign(t, boottest.UKI(t, dir, "extra", boottest.Initrd(t, "SIGNET-EXTRA"), cmdline), filepath.Join(dir, "extra-signed.efi"), k.extra)
+	revoked := boottest.Sign(t, boottest.UKI(t, dir, "revoked", boottest.Initrd(t, "SIGNET-REVOKED"), cmdline), filepath.Join(dir, "revoked-signed.efi"), k.revoked)
 
 	// The ESP: the build's boot loader and UKI, and its loader/ tree
 	// copied as it is (what CopyFiles=BUILD/loader:/loader does).
@@ -61,8 +67,8 @@ secure-boot-key = "db"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keyFiles) != 3 || keyFiles["/loader/keys/auto/db.auth"] == nil {
-		t.Fatalf("the build's loader/ tree holds %d files, want /loader/keys/auto/{PK,KEK,db}.auth", len(keyFiles))
+	if len(keyFiles) != 4 || keyFiles["/loader/keys/auto/dbx.auth"] == nil {
+		t.Fatalf("the build's loader/ tree holds %d files, want /loader/keys/auto/{PK,KEK,db,dbx}.auth", len(keyFiles))
 	}
 	vars := boottest.SetupModeVars(t, dir, "vars")
 	boot := func(t *testing.T, name, uki string, conf []byte, extra map[string][]byte) *boottest.Console {
@@ -86,6 +92,13 @@ secure-boot-key = "db"
 	c = boot(t, "enrolled", filepath.Join(build, "signet.efi"), boottest.LoaderConf("signet.efi"), nil)
 	c.Expect(t, boottest.InitMarker+" SIGNET-ENROLLED", "secureboot: Secure boot enabled")
 	c = boot(t, "enrolled-unsigned", unsigned, boottest.LoaderConf("signet.efi"), nil)
+	c.Expect(t, "Access denied")
+	c.Refuse(t, boottest.InitMarker)
+	// A certificate db holds from a file: its UKI runs; one dbx also
+	// holds: refused.
+	c = boot(t, "enrolled-extra", extra, boottest.LoaderConf("signet.efi"), nil)
+	c.Expect(t, boottest.InitMarker+" SIGNET-EXTRA", "secureboot: Secure boot enabled")
+	c = boot(t, "enrolled-revoked", revoked, boottest.LoaderConf("signet.efi"), nil)
 	c.Expect(t, "Access denied")
 	c.Refuse(t, boottest.InitMarker)
 }

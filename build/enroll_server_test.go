@@ -107,7 +107,7 @@ func TestEnrollServer(t *testing.T) {
 	k := newEnrollKeys(t, dir)
 	bin := signetBinary(t)
 	svc := startEnrollService(t, bin, k)
-	cfg := writeEnrollConfig(t, dir, k, true, "")
+	cfg := writeEnrollConfig(t, dir, k, true, "", "")
 	served := filepath.Join(dir, "served")
 
 	code, stderr := runSignet(t, bin, "build", cfg, "--dir="+served, "--server="+svc.url, "--token="+svc.tokens["images"], "--audit-key="+svc.vkey)

@@ -21,24 +21,34 @@ import (
 var enrollEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // enrollKeys are the keys of an enroll build: PK, KEK, the db (Secure Boot)
-// key and a release key for the manifest.
+// key and a release key for the manifest; extra's certificate goes into db
+// as a file, revoked's into db and dbx.
 type enrollKeys struct {
 	pk, kek, db, release *boottest.Key
+	extra, revoked       *boottest.Key
 }
 
 func newEnrollKeys(t *testing.T, dir string) *enrollKeys {
 	return &enrollKeys{pk: boottest.NewKey(t, dir, "PK"), kek: boottest.NewKey(t, dir, "KEK"),
-		db: boottest.NewKey(t, dir, "db"), release: boottest.NewKey(t, dir, "release")}
+		db: boottest.NewKey(t, dir, "db"), release: boottest.NewKey(t, dir, "release"),
+		extra: boottest.NewKey(t, dir, "extra"), revoked: boottest.NewKey(t, dir, "revoked")}
+}
+
+// dbx is the [secure-boot-enroll] addition that puts extra and revoked
+// into db and revoked into dbx.
+func (k *enrollKeys) dbx() string {
+	return fmt.Sprintf("db-certificates = [%q, %q]\ndbx-certificates = [%q]\n", k.extra.CertPath, k.revoked.CertPath, k.revoked.CertPath)
 }
 
 func (k *enrollKeys) all() map[string]*boottest.Key {
 	return map[string]*boottest.Key{"pk": k.pk, "kek": k.kek, "db": k.db, "release": k.release}
 }
 
-// writeEnrollConfig writes dir/enroll.toml: the auto-enroll set of k, a
-// Secure Boot signed systemd-boot (boot loader) and extra, all signed by
-// keys that are offline or PEM files, and a PKCS#7 signed SHA256SUMS.
-func writeEnrollConfig(t *testing.T, dir string, k *enrollKeys, offline bool, extra string) string {
+// writeEnrollConfig writes dir/enroll.toml: the auto-enroll set of k (with
+// enroll added to its table), a Secure Boot signed systemd-boot (boot
+// loader) and extra, all signed by keys that are offline or PEM files, and
+// a PKCS#7 signed SHA256SUMS.
+func writeEnrollConfig(t *testing.T, dir string, k *enrollKeys, offline bool, enroll, extra string) string {
 	t.Helper()
 	var b strings.Builder
 	for _, name := range []string{"pk", "kek", "db", "release"} {
@@ -54,14 +64,14 @@ pk-key = "pk"
 kek-key = "kek"
 db-keys = ["db"]
 owner = %q
-
+%s
 [[bootloader]]
 input = %q
 secure-boot-key = "db"
 
 [manifest]
 pkcs7-key = "release"
-%s`, boottest.OwnerGUID, boottest.File(t, boottest.SystemdBoot), extra)
+%s`, boottest.OwnerGUID, enroll, boottest.File(t, boottest.SystemdBoot), extra)
 	p := filepath.Join(dir, "enroll.toml")
 	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -150,8 +160,8 @@ func TestEnrollSet(t *testing.T) {
 	onDir, offDir := filepath.Join(dir, "online"), filepath.Join(dir, "offline")
 	os.MkdirAll(onDir, 0o755)
 	os.MkdirAll(offDir, 0o755)
-	onCfg := writeEnrollConfig(t, onDir, k, false, "")
-	offCfg := writeEnrollConfig(t, offDir, k, true, "")
+	onCfg := writeEnrollConfig(t, onDir, k, false, k.dbx(), "")
+	offCfg := writeEnrollConfig(t, offDir, k, true, k.dbx(), "")
 	c, err := LoadConfig(onCfg)
 	if err != nil {
 		t.Fatal(err)
@@ -164,13 +174,18 @@ func TestEnrollSet(t *testing.T) {
 		t.Fatalf("online build not done: %+v", res)
 	}
 	rounds, first := buildEnrollOffline(t, offCfg, k)
-	if rounds != 2 || first[request.KindUEFIAuthVar] != 3 || first[request.KindAuthenticode] != 1 {
-		t.Fatalf("offline: %d rounds, round 1 %v; want 2 rounds, round 1 with 3 uefi-authvar and 1 authenticode items", rounds, first)
+	if rounds != 2 || first[request.KindUEFIAuthVar] != 4 || first[request.KindAuthenticode] != 1 {
+		t.Fatalf("offline: %d rounds, round 1 %v; want 2 rounds, round 1 with 4 uefi-authvar and 1 authenticode items", rounds, first)
 	}
 
 	onBuild, offBuild := filepath.Join(onDir, "build"), filepath.Join(offDir, "build")
-	efitools := boottest.AuthFiles(t, dir, k.pk, k.kek, []*boottest.Key{k.db})
-	for _, v := range []string{"PK", "KEK", "db"} {
+	efitools := boottest.AuthFiles(t, dir, k.pk, k.kek, []*boottest.Key{k.db, k.extra, k.revoked})
+	dbxESL, dbxAuth := filepath.Join(dir, "dbx.esl"), filepath.Join(dir, "dbx.auth")
+	boottest.Run(t, "cert-to-efi-sig-list", "-g", boottest.OwnerGUID, k.revoked.CertPath, dbxESL)
+	boottest.Run(t, "sign-efi-sig-list", "-t", enrollEpoch.Format(time.DateTime), "-g", boottest.OwnerGUID,
+		"-k", k.kek.KeyPath, "-c", k.kek.CertPath, "dbx", dbxESL, dbxAuth)
+	efitools["/loader/keys/auto/dbx.auth"] = mustRead(t, dbxAuth)
+	for _, v := range []string{"PK", "KEK", "db", "dbx"} {
 		on := mustRead(t, filepath.Join(onBuild, v+".auth"))
 		if off := mustRead(t, filepath.Join(offBuild, v+".auth")); !bytes.Equal(on, off) {
 			t.Errorf("%s.auth: offline rounds and online differ", v)
@@ -184,7 +199,7 @@ func TestEnrollSet(t *testing.T) {
 		}
 	}
 	sums := string(mustRead(t, filepath.Join(onBuild, "SHA256SUMS")))
-	for _, v := range []string{"PK", "KEK", "db"} {
+	for _, v := range []string{"PK", "KEK", "db", "dbx"} {
 		if !strings.Contains(sums, "*"+v+".auth\n") {
 			t.Errorf("SHA256SUMS does not list %s.auth:\n%s", v, sums)
 		}
@@ -206,8 +221,8 @@ func TestEnrollSet(t *testing.T) {
 			peers++
 		}
 	}
-	if peers != 3 {
-		t.Errorf("openssl judged %d .auth files, want 3", peers)
+	if peers != 4 {
+		t.Errorf("openssl judged %d .auth files, want 4", peers)
 	}
 
 	// Refusals: each must fail the check that names it.
