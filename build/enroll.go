@@ -13,6 +13,7 @@ import (
 	"signet.dev/authvar"
 	"signet.dev/internal/atomicfile"
 	"signet.dev/keys"
+	"signet.dev/manifest"
 	"signet.dev/request"
 )
 
@@ -86,7 +87,7 @@ func (c *Config) checkEnroll(output func(what, name string) error, key func(what
 	if e.Name == "" {
 		e.Name = "auto"
 	}
-	if e.Name == "." || e.Name == ".." || strings.ContainsAny(e.Name, "/\\") || strings.TrimSpace(e.Name) != e.Name {
+	if manifest.ValidName(e.Name) != nil || strings.TrimSpace(e.Name) != e.Name {
 		return fmt.Errorf("%s: name %q is not a directory name under /loader/keys/", what, e.Name)
 	}
 	if e.PKKey == "" || e.KEKKey == "" {
@@ -290,6 +291,15 @@ func (v *verifier) authVar(o Output, c *Config, signer *x509.Certificate) {
 func (v *verifier) authVarContent(name string, c *Config, a *authvar.Auth) error {
 	if a.Time == (authvar.Time{}) {
 		return errors.New("the EFI_TIME is zero (an append's), not the build's time")
+	}
+	// One build makes the set with one time: a file from another build
+	// stands out.
+	if name != "PK" {
+		if pk, err := os.ReadFile(v.path(AuthFile("PK"))); err == nil {
+			if p, err := authvar.Parse(pk); err == nil && p.Time != a.Time {
+				return fmt.Errorf("its EFI_TIME %s is not PK.auth's %s: not made by the same build", a.Time, p.Time)
+			}
+		}
 	}
 	owner, err := authvar.ParseGUID(c.Enroll.ownerText())
 	if err != nil {

@@ -265,6 +265,20 @@ func TestEnrollSet(t *testing.T) {
 		failing(t, onBuild, c, tr, "KEK.auth", "content of KEK")
 		failingBy(t, onBuild, c, tr, "db.auth", "openssl")
 	})
+	t.Run("OtherBuildsDB", func(t *testing.T) {
+		// db.auth of a build at another time, validly signed.
+		t.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(enrollEpoch.Unix()+60))
+		other := filepath.Join(dir, "later")
+		c, _ := LoadConfig(onCfg)
+		if res, err := Run(c, Options{Dir: other}); err != nil || !res.Done {
+			t.Fatalf("%+v %v", res, err)
+		}
+		d := filepath.Join(dir, "mixed")
+		copyDir(t, d, onBuild)
+		copyFileT(t, filepath.Join(d, "db.auth"), filepath.Join(other, "db.auth"))
+		copyFileT(t, filepath.Join(d, "loader", "keys", "auto", "db.auth"), filepath.Join(other, "db.auth"))
+		failing(t, d, c, mustTrust(t, c), "db.auth", "content of db")
+	})
 	t.Run("Tampered", func(t *testing.T) {
 		d := filepath.Join(dir, "tampered")
 		copyDir(t, d, onBuild)
