@@ -311,6 +311,11 @@ func unwrap(ci []byte) ([]byte, error) {
 	return sd, nil
 }
 
+// ContentInfo returns a CertData PKCS#7 as a DER ContentInfo, the form
+// other PKCS#7 verifiers (openssl cms) read: a bare SignedData, as
+// efitools writes it, is wrapped; a ContentInfo is returned as it is.
+func ContentInfo(certData []byte) []byte { return wrap(certData) }
+
 // wrap puts a bare SignedData into a ContentInfo; a ContentInfo (the form
 // firmware also accepts) is returned as it is.
 func wrap(der []byte) []byte {

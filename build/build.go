@@ -275,8 +275,8 @@ type pass struct {
 	keys    map[string]*key
 	pending []request.Item
 	outputs []Output
-	// transfers are the sysupdate transfer definitions written, outputs
-	// the manifest does not list.
+	// transfers are the sysupdate transfer definitions and the ESP copies
+	// of the auto-enroll set written, outputs the manifest does not list.
 	transfers []Output
 	// blocked is set when a step could not finish for lack of a
 	// signature; steps that consume every output (the manifest) wait.
@@ -440,6 +440,11 @@ func (p *pass) run() error {
 	if p.c.IPE != nil {
 		if err := p.ipe(p.c.IPE); err != nil {
 			return fmt.Errorf("ipe %s: %w", p.c.IPE.Policy, err)
+		}
+	}
+	if e := p.c.Enroll; e != nil {
+		if err := p.enroll(e); err != nil {
+			return fmt.Errorf("secure-boot-enroll %s: %w", e.Name, err)
 		}
 	}
 	for _, b := range p.c.BootLoaders {

@@ -40,6 +40,9 @@ type Config struct {
 	// Sysupdate, when set, makes the build write systemd-sysupdate
 	// transfer definitions for the release (see docs/build.md).
 	Sysupdate *SysupdateConfig `toml:"sysupdate"`
+	// Enroll, when set, makes the Secure Boot auto-enroll set (PK, KEK
+	// and db .auth files) for the ESP.
+	Enroll *EnrollConfig `toml:"secure-boot-enroll"`
 
 	dir    string   // directory of the configuration file
 	digest [32]byte // SHA-256 of the configuration file
@@ -248,7 +251,7 @@ func (c *Config) check() error {
 		if name == "" {
 			return fmt.Errorf("%s: no output given", what)
 		}
-		if err := manifest.ValidName(name); err != nil || strings.HasPrefix(name, "round-") || name == stateFile || name == workDir || name == TransferDir {
+		if err := manifest.ValidName(name); err != nil || strings.HasPrefix(name, "round-") || name == stateFile || name == workDir || name == TransferDir || name == EnrollDir {
 			return fmt.Errorf("%s: output %q is not a plain file name signet may use", what, name)
 		}
 		if outputs[name] {
@@ -388,6 +391,9 @@ func (c *Config) check() error {
 		if err := key("[manifest]", m.PKCS7Key, request.KindManifestPKCS7); err != nil {
 			return err
 		}
+	}
+	if err := c.checkEnroll(output, key); err != nil {
+		return err
 	}
 	if err := c.checkSysupdate(); err != nil {
 		return err

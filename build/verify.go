@@ -161,6 +161,7 @@ func ExpectedOutputs(c *Config) []Output {
 			outs = append(outs, Output{File: m.Output + ".p7s", Kind: "manifest-pkcs7", Keys: map[string]string{"signer": m.PKCS7Key}})
 		}
 	}
+	outs = append(outs, c.enrollOutputs()...)
 	// Transfers is checked by LoadConfig.
 	ts, _ := Transfers(c)
 	for _, t := range ts {
@@ -225,6 +226,10 @@ func Verify(dir string, c *Config, t *Trust) ([]Check, error) {
 			v.verityTree(o)
 		case "verity-signature":
 			v.veritySignature(o, cert("signer"))
+		case "authvar":
+			v.authVar(o, c, cert("signer"))
+		case "authvar-esp":
+			v.authVarESP(o)
 		case "manifest":
 			v.manifest(o)
 		case "manifest-pkcs7":
@@ -696,7 +701,7 @@ func (v *verifier) listsExpected(file string, entries []manifest.Entry) error {
 	want := map[string]bool{}
 	for _, name := range v.expected {
 		// The transfer definitions go into the image, not the download.
-		if name == file || name == file+".gpg" || name == file+".p7s" || strings.HasPrefix(name, TransferDir+"/") {
+		if name == file || name == file+".gpg" || name == file+".p7s" || strings.HasPrefix(name, TransferDir+"/") || strings.HasPrefix(name, EnrollDir+"/") {
 			continue
 		}
 		want[name] = true
