@@ -3,9 +3,7 @@ package mkosiobs
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -13,6 +11,7 @@ import (
 	"time"
 
 	"signet.dev/authvar"
+	"signet.dev/keys"
 	"signet.dev/request"
 )
 
@@ -48,8 +47,7 @@ func authVarItem(m *Member, o Options, it *request.Item) error {
 		certs = append(certs, extra...)
 	}
 	// The time: SOURCE_DATE_EPOCH's when known, else the member's.
-	n := 2 * len(name)
-	off := n + 16 + 4
+	off := varHeaderLen(name)
 	if len(m.Data) < off+authvar.TimeSize {
 		return refuse(m, "%d bytes: shorter than a %s update's header", len(m.Data), name)
 	}
@@ -94,6 +92,11 @@ func authVarItem(m *Member, o Options, it *request.Item) error {
 	return nil
 }
 
+// varHeaderLen is the length of what precedes EFI_TIME in the signed data of
+// an update of variable name (an ASCII Secure Boot variable name): the
+// name in UTF-16LE without its NUL, the vendor GUID, the attributes.
+func varHeaderLen(name string) int { return 2*len(name) + 16 + 4 }
+
 // extraCerts reads the certificates mkosi.postoutput appends to KEK or db:
 // SOURCES/*/<dir>/*.crt, in the glob's (sorted) order.
 func extraCerts(sources, dir string) ([]*x509.Certificate, error) {
@@ -103,7 +106,7 @@ func extraCerts(sources, dir string) ([]*x509.Certificate, error) {
 	}
 	var out []*x509.Certificate
 	for _, p := range paths {
-		c, err := readCert(p)
+		c, err := keys.LoadCertificate(p)
 		if err != nil {
 			return nil, err
 		}
@@ -119,25 +122,6 @@ func SourceDateEpoch(s string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH %q: not a number of seconds", s)
 	}
 	return time.Unix(int64(n), 0).UTC(), nil
-}
-
-// readCert reads a PEM or DER certificate file.
-func readCert(p string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, err
-	}
-	if blk, _ := pem.Decode(b); blk != nil {
-		if blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%s: a PEM %q, not a CERTIFICATE", p, blk.Type)
-		}
-		b = blk.Bytes
-	}
-	c, err := x509.ParseCertificate(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", p, err)
-	}
-	return c, nil
 }
 
 // Companion says whether m is a member mkosi stages beside what it signs
@@ -160,7 +144,7 @@ func checkESL(m *Member, r *request.Request) error {
 		if it.ID != id {
 			continue
 		}
-		if off := 2*len(name) + 16 + 4 + authvar.TimeSize; len(it.TBS) < off || !bytes.Equal(it.TBS[off:], m.Data) {
+		if off := varHeaderLen(name) + authvar.TimeSize; len(it.TBS) < off || !bytes.Equal(it.TBS[off:], m.Data) {
 			return refuse(m, "is not the signature lists %s signs", id)
 		}
 		return nil
